@@ -1,0 +1,1 @@
+"""The inventory service of the e-commerce example."""

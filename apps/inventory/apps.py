@@ -1,0 +1,7 @@
+from cliffracer_core import ServiceAppConfig
+
+
+class InventoryConfig(ServiceAppConfig):
+    name = "apps.inventory"
+    label = "inventory"
+    verbose_name = "Inventory"

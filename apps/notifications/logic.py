@@ -1,0 +1,52 @@
+"""Notifications' business logic: tell customers what happened to their orders.
+
+Messages are recorded, not sent; a real shop would hand them to an email service here.
+"""
+
+from __future__ import annotations
+
+from decimal import Decimal
+
+from apps.notifications.models import Notification
+
+# The order status an orders.* event announces, and what the customer is told about it.
+KIND_BY_ORDER_STATUS = {
+    "pending_payment": Notification.Kind.ORDER_CREATED,
+    "paid": Notification.Kind.ORDER_PAID,
+    "payment_failed": Notification.Kind.PAYMENT_FAILED,
+}
+
+MESSAGES = {
+    Notification.Kind.ORDER_CREATED: "We received your order {order_id} ({total}).",
+    Notification.Kind.ORDER_PAID: "Your payment of {total} for order {order_id} went through.",
+    Notification.Kind.PAYMENT_FAILED: (
+        "We could not take the payment of {total} for order {order_id}; it will not ship."
+    ),
+}
+
+
+def notification_for_order_status(
+    *, order_id: int, customer_id: int, email: str, status: str, total: Decimal
+) -> Notification | None:
+    """Record the notification for an order reaching ``status``, once per order and kind.
+
+    Returns None for a status customers are not told about.
+    """
+    kind = KIND_BY_ORDER_STATUS.get(status)
+    if kind is None:
+        return None
+    notification, _ = Notification.objects.get_or_create(
+        order_id=order_id,
+        kind=kind,
+        defaults={
+            "customer_id": customer_id,
+            "email": email,
+            "message": MESSAGES[kind].format(order_id=order_id, total=total),
+        },
+    )
+    return notification
+
+
+def notifications_for_customer(*, customer_id: int, limit: int = 50) -> list[Notification]:
+    """The customer's notifications, newest first."""
+    return list(Notification.objects.filter(customer_id=customer_id)[:limit])

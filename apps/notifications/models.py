@@ -1,0 +1,29 @@
+from django.db import models
+
+
+class Notification(models.Model):
+    """A message sent to a customer about one of their orders."""
+
+    class Kind(models.TextChoices):
+        ORDER_CREATED = "order_created", "Order created"
+        ORDER_PAID = "order_paid", "Order paid"
+        PAYMENT_FAILED = "payment_failed", "Payment failed"
+
+    customer_id = models.PositiveBigIntegerField(db_index=True)
+    email = models.EmailField()
+    order_id = models.PositiveBigIntegerField(db_index=True)
+    kind = models.CharField(max_length=32, choices=Kind.choices)
+    message = models.TextField()
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        constraints = [
+            # One notification of each kind per order: a redelivered event sends nothing new.
+            models.UniqueConstraint(
+                fields=["order_id", "kind"], name="notifications_one_per_order_and_kind"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.kind} for order {self.order_id} to {self.email}"

@@ -1,0 +1,43 @@
+"""The notifications service: tells customers what happened to their orders."""
+
+from __future__ import annotations
+
+from apps.notifications import logic
+from apps.notifications.schemas import CustomerNotifications, ListForCustomer, NotificationOut
+from apps.orders.schemas import OrderEvent
+from cliffracer_core import Service, event, rpc
+
+
+class NotificationsService(Service):
+    """Tells customers what happened to their orders."""
+
+    @event("orders.*")
+    def on_order_event(self, order: OrderEvent) -> None:
+        logic.notification_for_order_status(
+            order_id=order.order_id,
+            customer_id=order.customer_id,
+            email=order.customer_email,
+            status=order.status,
+            total=order.total,
+        )
+
+    @rpc
+    def list_for_customer(self, request: ListForCustomer) -> CustomerNotifications:
+        """The customer's notifications, newest first."""
+        notifications = logic.notifications_for_customer(
+            customer_id=request.customer_id, limit=request.limit
+        )
+        return CustomerNotifications(
+            customer_id=request.customer_id,
+            notifications=[
+                NotificationOut(
+                    id=notification.pk,
+                    order_id=notification.order_id,
+                    kind=notification.kind,
+                    email=notification.email,
+                    message=notification.message,
+                    created_at=notification.created_at,
+                )
+                for notification in notifications
+            ],
+        )

@@ -1,0 +1,1 @@
+"""The orders service of the e-commerce example."""

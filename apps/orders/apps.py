@@ -1,0 +1,7 @@
+from cliffracer_core import ServiceAppConfig
+
+
+class OrdersConfig(ServiceAppConfig):
+    name = "apps.orders"
+    label = "orders"
+    verbose_name = "Orders"

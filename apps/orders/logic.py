@@ -1,0 +1,172 @@
+"""Orders' business logic: placing an order and following its payment.
+
+Placing an order reserves its stock in inventory first (over NATS) and stores the order only
+when that succeeded, so a refused order leaves nothing behind. Payment outcomes arrive as
+events; each moves a pending order once, and a repeated or late event changes nothing.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import Iterable
+from decimal import Decimal
+from functools import partial
+
+from django.db import transaction
+
+from apps.inventory.schemas import ReleaseStock, ReservedLine, ReserveStock, StockLine, StockReserved
+from apps.orders.errors import InventoryUnavailable, OrderNotFound, OutOfStock, UnknownSku
+from apps.orders.models import Order, OrderLine
+from apps.orders.schemas import OrderCreated, OrderEvent, OrderPaid, OrderPaymentFailed
+from cliffracer_core import RemoteError, RpcTimeout, ServiceError, call, publish
+
+logger = logging.getLogger(__name__)
+
+CENT = Decimal("0.01")
+
+
+def order_place(
+    *,
+    customer_id: int,
+    customer_email: str,
+    lines: Iterable[tuple[str, int]],
+    payment_token: str,
+) -> Order:
+    """Reserve the stock, store the order and announce it on ``orders.created``.
+
+    Raises ``UnknownSku`` (404) or ``OutOfStock`` (409) when inventory refuses, with its
+    details, and ``InventoryUnavailable`` (503) when it cannot be asked.
+    """
+    quantities: dict[str, int] = {}
+    for sku, quantity in lines:
+        quantities[sku] = quantities.get(sku, 0) + quantity
+    reference = uuid.uuid4()
+    request = ReserveStock(
+        order_reference=str(reference),
+        lines=[StockLine(sku=sku, quantity=quantity) for sku, quantity in quantities.items()],
+    )
+    try:
+        reserved = call("inventory.reserve_stock", request, reply=StockReserved)
+    except RemoteError as error:
+        if isinstance(error, RpcTimeout):
+            # The reservation may have been made and only the reply lost.
+            _release_quietly(reference)
+        raise _inventory_refusal(error) from None
+    try:
+        order = order_create(
+            reference=reference,
+            customer_id=customer_id,
+            customer_email=customer_email,
+            lines=reserved.lines,
+        )
+    except Exception:
+        _release_quietly(reference)
+        raise
+    publish("orders.created", order_event(order, OrderCreated, payment_token=payment_token))
+    return order
+
+
+def order_create(
+    *,
+    reference: uuid.UUID,
+    customer_id: int,
+    customer_email: str,
+    lines: Iterable[ReservedLine],
+) -> Order:
+    """Store an order whose stock is reserved, at the reserved prices."""
+    lines = list(lines)
+    total = sum((line.unit_price * line.quantity for line in lines), Decimal(0))
+    with transaction.atomic():
+        order = Order.objects.create(
+            reference=reference,
+            customer_id=customer_id,
+            customer_email=customer_email,
+            total=total.quantize(CENT),
+        )
+        OrderLine.objects.bulk_create(
+            OrderLine(
+                order=order,
+                sku=line.sku,
+                name=line.name,
+                quantity=line.quantity,
+                unit_price=line.unit_price,
+            )
+            for line in lines
+        )
+    return order
+
+
+def order_get(*, order_id: int) -> Order:
+    try:
+        return Order.objects.prefetch_related("lines").get(pk=order_id)
+    except Order.DoesNotExist:
+        raise OrderNotFound(f"No order {order_id}.", details={"order_id": order_id}) from None
+
+
+def order_mark_paid(*, order_id: int) -> Order | None:
+    """Mark a pending order paid and announce ``orders.paid``; None if it was not pending."""
+    return _settle_payment(order_id, Order.Status.PAID, reason="")
+
+
+def order_mark_payment_failed(*, order_id: int, reason: str) -> Order | None:
+    """Mark a pending order's payment failed and announce ``orders.payment_failed``."""
+    return _settle_payment(order_id, Order.Status.PAYMENT_FAILED, reason=reason)
+
+
+def _settle_payment(order_id: int, status: Order.Status, *, reason: str) -> Order | None:
+    with transaction.atomic():
+        order = Order.objects.select_for_update().filter(pk=order_id).first()
+        if order is None:
+            raise OrderNotFound(f"No order {order_id}.", details={"order_id": order_id})
+        if order.status != Order.Status.PENDING_PAYMENT:
+            if status == Order.Status.PAID and order.status != Order.Status.PAID:
+                # Money was taken for an order that will not ship: someone has to refund it.
+                logger.warning(
+                    "Payment completed for order %s, whose status is %s.", order.pk, order.status
+                )
+            else:
+                logger.info("Order %s is already %s; event ignored.", order.pk, order.status)
+            return None
+        order.status = status
+        order.failure_reason = reason[:200]
+        order.save(update_fields=["status", "failure_reason", "updated_at"])
+        if status == Order.Status.PAID:
+            event = order_event(order, OrderPaid)
+            subject = "orders.paid"
+        else:
+            event = order_event(order, OrderPaymentFailed, reason=reason)
+            subject = "orders.payment_failed"
+        # Announced once the change is committed, so listeners never see a status that a
+        # rollback took back.
+        transaction.on_commit(partial(publish, subject, event))
+    return order
+
+
+def order_event[Event: OrderEvent](order: Order, event_class: type[Event], **extra: str) -> Event:
+    """The ``event_class`` event that announces the order as it is now."""
+    return event_class(
+        order_id=order.pk,
+        order_reference=order.reference,
+        customer_id=order.customer_id,
+        customer_email=order.customer_email,
+        total=order.total,
+        **extra,
+    )
+
+
+def _inventory_refusal(error: RemoteError) -> ServiceError:
+    """The error this service answers with when inventory answered ``error``."""
+    if error.code == 404:
+        return UnknownSku(error.message, details=error.details)
+    if error.code == 409:
+        return OutOfStock(error.message, details=error.details)
+    logger.warning("Inventory could not reserve stock: %s", error)
+    return InventoryUnavailable(details={"inventory_error": error.as_dict()})
+
+
+def _release_quietly(reference: uuid.UUID) -> None:
+    try:
+        call("inventory.release_stock", ReleaseStock(order_reference=str(reference)))
+    except Exception:
+        logger.exception("Could not release the stock reserved for order %s.", reference)

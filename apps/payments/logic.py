@@ -1,0 +1,70 @@
+"""Payments' business logic: charge an order once, and announce the outcome.
+
+There is no real payment gateway: ``authorize`` declines every token that starts with
+``tok_decline`` and accepts any other, so that tests and demos choose the outcome.
+"""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from functools import partial
+from uuid import UUID
+
+from django.db import transaction
+
+from apps.payments.models import Payment
+from apps.payments.schemas import PaymentCompleted, PaymentFailed
+from cliffracer_core import publish
+
+DECLINED_TOKEN_PREFIX = "tok_decline"
+
+
+def authorize(*, payment_token: str, amount: Decimal) -> str:
+    """Charge ``amount`` to the token; return "" on success, else the reason it was declined."""
+    if payment_token.startswith(DECLINED_TOKEN_PREFIX):
+        return "card_declined"
+    if amount <= 0:
+        return "invalid_amount"
+    return ""
+
+
+def payment_take(
+    *, order_id: int, order_reference: UUID, amount: Decimal, payment_token: str
+) -> Payment:
+    """Charge the order once and announce ``payments.completed`` or ``payments.failed``.
+
+    An order already charged is not charged again; its recorded outcome is announced again,
+    which its listeners ignore when they have seen it.
+    """
+    with transaction.atomic():
+        payment = Payment.objects.select_for_update().filter(order_id=order_id).first()
+        if payment is None:
+            reason = authorize(payment_token=payment_token, amount=amount)
+            payment = Payment.objects.create(
+                order_id=order_id,
+                order_reference=order_reference,
+                amount=amount,
+                status=Payment.Status.FAILED if reason else Payment.Status.COMPLETED,
+                failure_reason=reason,
+            )
+        transaction.on_commit(partial(announce, payment))
+    return payment
+
+
+def announce(payment: Payment) -> None:
+    """Publish the payment's outcome."""
+    if payment.status == Payment.Status.COMPLETED:
+        publish(
+            "payments.completed",
+            PaymentCompleted(payment_id=payment.pk, order_id=payment.order_id, amount=payment.amount),
+        )
+    else:
+        publish(
+            "payments.failed",
+            PaymentFailed(
+                payment_id=payment.pk,
+                order_id=payment.order_id,
+                amount=payment.amount,
+                reason=payment.failure_reason,
+            ),
+        )

@@ -1,0 +1,53 @@
+"""What the code running for one message knows about it: correlation id, caller, trace."""
+
+from __future__ import annotations
+
+import contextvars
+import uuid
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+
+from cliffracer_core import headers
+
+# The propagated headers of the message being handled (correlation id, token, trace).
+current_headers: contextvars.ContextVar[Mapping[str, str] | None] = contextvars.ContextVar(
+    "cliffracer_current_headers", default=None
+)
+
+
+def new_correlation_id() -> str:
+    return uuid.uuid4().hex
+
+
+def get_correlation_id() -> str | None:
+    """Return the correlation id of the message being handled, if any."""
+    values = current_headers.get()
+    return values.get(headers.CORRELATION_ID) if values else None
+
+
+def outgoing_headers(extra: Mapping[str, str] | None = None) -> dict[str, str]:
+    """Headers for a call or event made now: the current ones carried onward, plus ``extra``.
+
+    A call made outside any message gets a fresh correlation id, so every exchange has one.
+    """
+    values: dict[str, str] = {}
+    current = current_headers.get()
+    if current:
+        for name in headers.PROPAGATED:
+            if name in current:
+                values[name] = current[name]
+    if extra:
+        values.update(extra)
+    if headers.CORRELATION_ID not in values:
+        values[headers.CORRELATION_ID] = new_correlation_id()
+    return values
+
+
+@contextmanager
+def message_context(values: Mapping[str, str]) -> Iterator[None]:
+    """Make ``values`` the current message headers inside the block."""
+    token = current_headers.set(values)
+    try:
+        yield
+    finally:
+        current_headers.reset(token)

@@ -1,0 +1,193 @@
+"""The NATS Services API (ADR-32): PING, INFO and STATS replies and per-endpoint statistics.
+
+The reply shapes come from ``nats.micro``'s dataclasses so the wire format is the ADR's; the
+dispatch is Cliffracer's own because ``nats.micro`` runs an endpoint's handlers one at a time.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+from nats.micro.service import (
+    DEFAULT_PREFIX,
+    EndpointInfo,
+    EndpointStats,
+    ServiceInfo,
+    ServicePing,
+    ServiceStats,
+    ServiceVerb,
+    control_subject,
+)
+
+if TYPE_CHECKING:
+    from cliffracer_core.service import Rpc, Service
+
+
+@dataclass
+class Counters:
+    """Running totals for one endpoint, as ADR-32 STATS reports them."""
+
+    num_requests: int = 0
+    num_errors: int = 0
+    processing_time: int = 0
+    last_error: str = ""
+
+    def record(self, elapsed_ns: int, error: str | None = None) -> None:
+        self.num_requests += 1
+        self.processing_time += elapsed_ns
+        if error is not None:
+            self.num_errors += 1
+            self.last_error = error
+
+    @property
+    def average_processing_time(self) -> int:
+        return self.processing_time // self.num_requests if self.num_requests else 0
+
+
+@dataclass
+class Identity:
+    """Who a running service instance is."""
+
+    id: str
+    name: str
+    version: str
+    description: str
+    started: datetime = field(default_factory=lambda: datetime.now(UTC))
+
+
+def control_subjects(name: str, instance_id: str) -> list[tuple[ServiceVerb, str]]:
+    """The nine subjects an instance answers: each verb for all, by name and by id."""
+    subjects = []
+    for verb in (ServiceVerb.PING, ServiceVerb.INFO, ServiceVerb.STATS):
+        for service_name, service_id in ((None, None), (name, None), (name, instance_id)):
+            subjects.append(
+                (verb, control_subject(verb, service_name, service_id, prefix=DEFAULT_PREFIX))
+            )
+    return subjects
+
+
+def schema_of(model: Any) -> str:
+    return json.dumps(model.model_json_schema()) if model is not None else "null"
+
+
+def service_metadata(service_class: type[Service], subject_prefix: str) -> dict[str, str]:
+    """Instance metadata; ADR-32 allows only string values, so lists travel as JSON text."""
+    from cliffracer_core import __version__
+
+    queue = service_class.service_name()
+    events = [
+        {
+            "subject": event.subject,
+            "handler": event.attribute,
+            "queue_group": None if event.broadcast else f"{queue}.{event.attribute}",
+            "schema": json.loads(schema_of(event.model)),
+        }
+        for event in service_class.events()
+    ]
+    timers = [
+        {"handler": timer.attribute, "seconds": timer.seconds} for timer in service_class.timers()
+    ]
+    return {
+        "framework": f"cliffracer/{__version__}",
+        "host": socket.gethostname(),
+        "pid": str(os.getpid()),
+        "rpc_subject_prefix": subject_prefix,
+        "events": json.dumps(events),
+        "timers": json.dumps(timers),
+    }
+
+
+def endpoint_metadata(rpc: Rpc) -> dict[str, str]:
+    return {
+        "request_schema": schema_of(rpc.request_model),
+        "reply_schema": schema_of(rpc.reply_model),
+        "handler": "async" if rpc.is_async else "sync",
+        "description": rpc.description,
+    }
+
+
+def ping(identity: Identity, metadata: dict[str, str]) -> dict[str, Any]:
+    return ServicePing(
+        id=identity.id, name=identity.name, version=identity.version, metadata=metadata
+    ).to_dict()
+
+
+def info(
+    identity: Identity,
+    metadata: dict[str, str],
+    endpoints: list[tuple[Rpc, str, str]],
+) -> dict[str, Any]:
+    """``endpoints`` holds (rpc, subject, queue group) for each endpoint."""
+    return ServiceInfo(
+        id=identity.id,
+        name=identity.name,
+        version=identity.version,
+        description=identity.description,
+        metadata=metadata,
+        endpoints=[
+            EndpointInfo(
+                name=rpc.name, subject=subject, queue_group=queue, metadata=endpoint_metadata(rpc)
+            )
+            for rpc, subject, queue in endpoints
+        ],
+    ).to_dict()
+
+
+def stats(
+    identity: Identity,
+    metadata: dict[str, str],
+    endpoints: list[tuple[Rpc, str, str]],
+    counters: dict[str, Counters],
+) -> dict[str, Any]:
+    return ServiceStats(
+        id=identity.id,
+        name=identity.name,
+        version=identity.version,
+        started=identity.started,
+        metadata=metadata,
+        endpoints=[
+            EndpointStats(
+                name=rpc.name,
+                subject=subject,
+                queue_group=queue,
+                num_requests=counters[rpc.name].num_requests,
+                num_errors=counters[rpc.name].num_errors,
+                processing_time=counters[rpc.name].processing_time,
+                average_processing_time=counters[rpc.name].average_processing_time,
+                last_error=counters[rpc.name].last_error,
+            )
+            for rpc, subject, queue in endpoints
+        ],
+    ).to_dict()
+
+
+async def request_all(
+    connection: Any, verb: str, name: str | None = None, *, timeout: float = 0.5
+) -> list[dict[str, Any]]:
+    """Ask every instance (or every instance of ``name``) and gather the replies until
+    ``timeout`` passes; ADR-32 discovery has no count of who will answer."""
+    import asyncio
+
+    subject = control_subject(ServiceVerb(verb), name, None, prefix=DEFAULT_PREFIX)
+    inbox = connection.new_inbox()
+    replies: list[dict[str, Any]] = []
+
+    async def collect(message: Any) -> None:
+        try:
+            replies.append(json.loads(message.data))
+        except ValueError:
+            pass
+
+    subscription = await connection.subscribe(inbox, cb=collect)
+    try:
+        await connection.publish(subject, b"", reply=inbox)
+        await connection.flush()
+        await asyncio.sleep(timeout)
+    finally:
+        await subscription.unsubscribe()
+    return replies

@@ -1,0 +1,191 @@
+"""Run the whole system on this machine: NATS, every service app and the web server."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+from django.conf import settings
+from django.core.management.base import BaseCommand, CommandError, CommandParser
+
+from cliffracer_core.apps import service_app_configs
+from cliffracer_core.embedded import DEFAULT_PORT, NatsServer, is_reachable, port_is_free
+
+STOP_TIMEOUT = 15.0
+
+
+@dataclass
+class Child:
+    """A process started by runsystem, in a session of its own."""
+
+    name: str
+    process: subprocess.Popen
+    reported: bool = False
+
+    def signal(self, number: int) -> None:
+        """Send a signal to the child's whole process group."""
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.process.pid, number)
+
+
+class Command(BaseCommand):
+    help = (
+        "Run NATS (embedded unless NATS_URL is set and reachable), one runservice process per "
+        "service app, and daphne. Ctrl-C stops them all: services and web first, NATS last."
+    )
+
+    def add_arguments(self, parser: CommandParser) -> None:
+        parser.add_argument("--host", default="127.0.0.1", help="Address daphne binds to.")
+        parser.add_argument("--port", type=int, default=8000, help="Port daphne listens on.")
+
+    def handle(self, *args: Any, host: str, port: int, **options: Any) -> None:
+        if not port_is_free(host, port):
+            raise CommandError(f"{host}:{port} is in use; choose another with --port.")
+        self.stop_requested = threading.Event()
+        self.force_requested = threading.Event()
+        signal.signal(signal.SIGINT, self.on_signal)
+        signal.signal(signal.SIGTERM, self.on_signal)
+
+        nats_server: NatsServer | None = None
+        children: list[Child] = []
+        failed = False
+        try:
+            nats_server, nats_url = self.start_nats()
+            environment = {**os.environ, "NATS_URL": nats_url, "PYTHONUNBUFFERED": "1"}
+            base_dir = Path(settings.BASE_DIR)
+            for config in service_app_configs():
+                if getattr(config, "service_class", True) is None:
+                    self.stdout.write(
+                        self.style.WARNING(f"{config.name} declares no Service; not started.")
+                    )
+                    continue
+                command = [
+                    sys.executable,
+                    str(base_dir / "manage.py"),
+                    "runservice",
+                    config.label,
+                    "--nats-url",
+                    nats_url,
+                ]
+                children.append(self.spawn(config.label, command, environment, base_dir))
+            if not children:
+                self.stdout.write("No service apps are installed; running NATS and web only.")
+            module, attribute = settings.ASGI_APPLICATION.rsplit(".", 1)
+            daphne = [sys.executable, "-m", "daphne", "-b", host, "-p", str(port)]
+            children.append(
+                self.spawn("web", [*daphne, f"{module}:{attribute}"], environment, base_dir)
+            )
+            self.print_table(nats_server, nats_url, children, f"http://{host}:{port}/")
+            failed = self.supervise(nats_server, children)
+        finally:
+            self.stop_all(children, nats_server)
+        if failed:
+            sys.exit(1)
+
+    def on_signal(self, number: int, frame: FrameType | None) -> None:
+        if self.stop_requested.is_set():
+            self.force_requested.set()
+        self.stop_requested.set()
+
+    def start_nats(self) -> tuple[NatsServer | None, str]:
+        """Use NATS_URL if it is set and answers; otherwise start the embedded server."""
+        configured = os.environ.get("NATS_URL")
+        if configured:
+            if is_reachable(configured):
+                self.stdout.write(f"Using the NATS server at {configured} (NATS_URL).")
+                return None, configured
+            self.stdout.write(
+                self.style.WARNING(
+                    f"NATS_URL={configured} does not answer; starting the embedded nats-server."
+                )
+            )
+        var_dir = Path(getattr(settings, "VAR_DIR", Path(settings.BASE_DIR) / "var"))
+        # 4222 is NATS's usual port; when something already holds it, any free port will do.
+        nats_port = DEFAULT_PORT if port_is_free("127.0.0.1", DEFAULT_PORT) else 0
+        server = NatsServer(
+            port=nats_port,
+            store_dir=var_dir / "nats",
+            log_file=var_dir / "log" / "nats-server.log",
+            start_new_session=True,
+        )
+        try:
+            server.start()
+        except RuntimeError as error:
+            raise CommandError(str(error)) from error
+        self.stdout.write(f"Started the embedded nats-server at {server.url}.")
+        return server, server.url
+
+    def spawn(
+        self, name: str, command: list[str], environment: dict[str, str], directory: Path
+    ) -> Child:
+        # A session of its own: a terminal Ctrl-C reaches only runsystem, which then stops the
+        # children in order.
+        process = subprocess.Popen(
+            command, cwd=directory, env=environment, stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )  # fmt: skip
+        return Child(name, process)
+
+    def print_table(
+        self, nats_server: NatsServer | None, nats_url: str, children: list[Child], web_url: str
+    ) -> None:
+        origin = "embedded" if nats_server else "external"
+        nats_pid = str(nats_server.pid) if nats_server and nats_server.pid else "-"
+        rows = [("NATS", nats_pid, f"{nats_url} ({origin})")]
+        for child in children:
+            where = f"{web_url}  admin: {web_url}admin/" if child.name == "web" else "runservice"
+            rows.append((child.name, str(child.process.pid), where))
+        width = max(len(row[0]) for row in rows)
+        lines = [f"  {'part':<{width}}  {'pid':>7}  where"]
+        lines += [f"  {name:<{width}}  {pid:>7}  {where}" for name, pid, where in rows]
+        self.stdout.write("\n".join(["", "Cliffracer is running:", *lines, ""]))
+        self.stdout.write("Press Ctrl-C to stop.\n")
+
+    def supervise(self, nats_server: NatsServer | None, children: list[Child]) -> bool:
+        """Wait for a stop signal, reporting children that exit; return True on failure."""
+        while not self.stop_requested.wait(0.5):
+            for child in children:
+                code = child.process.poll()
+                if code is not None and not child.reported:
+                    child.reported = True
+                    self.stderr.write(f"{child.name} (pid {child.process.pid}) exited with {code}.")
+            if nats_server is not None and not nats_server.is_running():
+                self.stderr.write("The embedded nats-server exited; stopping everything.")
+                return True
+            if all(child.reported for child in children):
+                self.stderr.write("Every process has exited; stopping.")
+                return True
+        return False
+
+    def stop_all(self, children: list[Child], nats_server: NatsServer | None) -> None:
+        """Stop services and web, waiting up to STOP_TIMEOUT, then NATS."""
+        if children:
+            self.stdout.write("Stopping services and web server...")
+        # Children that exited earlier are left alone: their process ids may be reused by now.
+        running = [child for child in children if not child.reported]
+        for child in running:
+            child.signal(signal.SIGTERM)
+        deadline = time.monotonic() + STOP_TIMEOUT
+        while any(child.process.poll() is None for child in running):
+            if time.monotonic() > deadline or self.force_requested.is_set():
+                break
+            time.sleep(0.1)
+        for child in running:
+            if child.process.poll() is None:
+                self.stderr.write(f"{child.name} (pid {child.process.pid}) did not stop; killing.")
+            # The group too: a child may have started processes of its own.
+            child.signal(signal.SIGKILL)
+            child.process.wait()
+        if nats_server is not None:
+            self.stdout.write("Stopping the embedded nats-server...")
+            nats_server.stop()
+        self.stdout.write("Stopped.")

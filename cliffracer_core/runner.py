@@ -1,0 +1,461 @@
+"""Runs one service: subscribes its endpoints, events and timers on NATS and serves them.
+
+For each request: read headers, set the correlation id in context, validate the body into the
+request model, run the handler (concurrently with others, up to a bound), validate and encode
+the reply, record statistics. Errors become ADR-32 error replies; no traceback crosses the wire.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import logging
+import time
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import pydantic_core
+from nats.aio.client import Client as NatsClient
+from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
+from nats.nuid import NUID
+from pydantic import BaseModel, ValidationError
+
+from cliffracer_core import client as client_module
+from cliffracer_core import codec, discovery
+from cliffracer_core.connection import connect, forget_connection, redact, set_connection
+from cliffracer_core.context import current_headers, new_correlation_id
+from cliffracer_core.db import (
+    MessageState,
+    aclose_old_connections,
+    message_state,
+    run_with_connection_hygiene,
+)
+from cliffracer_core.errors import (
+    InternalError,
+    InvalidJson,
+    InvalidReply,
+    InvalidRequest,
+    RequestTooLarge,
+    ServiceError,
+    UnknownEndpoint,
+)
+from cliffracer_core.headers import CORRELATION_ID, PROPAGATED
+from cliffracer_core.service import Event, Rpc, Service, Timer
+from cliffracer_core.settings import cliffracer_settings
+
+logger = logging.getLogger("cliffracer.runner")
+
+# How often idle database connections of async handlers are checked (seconds).
+DATABASE_SWEEP_INTERVAL = 5.0
+
+
+class ServiceRunner:
+    """Serve one ``Service`` class on a NATS connection until ``stop()``."""
+
+    def __init__(
+        self,
+        service_class: type[Service],
+        *,
+        nats_url: str | None = None,
+        concurrency: int | None = None,
+        grace_period: float | None = None,
+        threads: int | None = None,
+    ) -> None:
+        self.service_class = service_class
+        self.service = service_class()
+        self.nats_url = nats_url or str(cliffracer_settings.NATS_URL)
+        self.concurrency = concurrency or cliffracer_settings.CONCURRENCY
+        self.grace_period = (
+            grace_period if grace_period is not None else cliffracer_settings.GRACE_PERIOD
+        )
+        self.name = service_class.service_name()
+        self.prefix = f"{cliffracer_settings.RPC_SUBJECT_PREFIX}.{self.name}."
+        self.max_request_bytes = cliffracer_settings.MAX_REQUEST_BYTES
+        self.identity = discovery.Identity(
+            id=NUID().next().decode(),
+            name=self.name,
+            version=service_class.service_version(),
+            description=service_class.service_description(),
+        )
+        self.metadata = discovery.service_metadata(
+            service_class, cliffracer_settings.RPC_SUBJECT_PREFIX
+        )
+        self.rpcs: dict[str, Rpc] = service_class.rpcs()
+        self.endpoints = [(rpc, self.prefix + rpc.name, self.name) for rpc in self.rpcs.values()]
+        self.counters = {name: discovery.Counters() for name in self.rpcs}
+        self.unknown_requests = 0
+        self.events_handled = 0
+        self.events_failed = 0
+        self.timer_runs = 0
+        self.timer_failures = 0
+        self.connection: NatsClient | None = None
+        self.executor = ThreadPoolExecutor(
+            max_workers=min(threads or cliffracer_settings.THREADS, self.concurrency),
+            thread_name_prefix=f"cliffracer-{self.name}",
+        )
+        self.subscriptions: list[Subscription] = []
+        self.control_subscriptions: list[Subscription] = []
+        self.in_flight: set[asyncio.Task[Any]] = set()
+        self.background: list[asyncio.Task[Any]] = []
+        self.slots: asyncio.Semaphore | None = None
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.stopping: asyncio.Event | None = None
+        self.started = False
+
+    # Starting and stopping
+
+    async def start(self, *, connect_attempts: int = 0) -> None:
+        """Connect (retrying while NATS is not up), subscribe and start timers."""
+        self.loop = asyncio.get_running_loop()
+        self.slots = asyncio.Semaphore(self.concurrency)
+        self.stopping = asyncio.Event()
+        self.connection = await self._connect(connect_attempts)
+        set_connection(self.connection, self.loop)
+        client_module.service_loop = self.loop
+        await self.service_started()
+        connection = self.connection
+        self.subscriptions.append(
+            await connection.subscribe(self.prefix + ">", queue=self.name, cb=self.on_request)
+        )
+        for event in self.service_class.events():
+            queue = "" if event.broadcast else f"{self.name}.{event.attribute}"
+            self.subscriptions.append(
+                await connection.subscribe(event.subject, queue=queue, cb=self._event_callback(event))
+            )
+        for verb, subject in discovery.control_subjects(self.name, self.identity.id):
+            self.control_subscriptions.append(
+                await connection.subscribe(subject, cb=self._control_callback(verb.value))
+            )
+        await connection.flush()
+        for timer in self.service_class.timers():
+            self.background.append(asyncio.create_task(self._run_timer(timer)))
+        self.background.append(asyncio.create_task(self._sweep_database_connections()))
+        self.started = True
+        logger.info(
+            "Service %s %s (instance %s) serving %d endpoints, %d event handlers and %d timers "
+            "on %s.",
+            self.name,
+            self.identity.version,
+            self.identity.id,
+            len(self.rpcs),
+            len(self.service_class.events()),
+            len(self.service_class.timers()),
+            redact(self.nats_url),
+        )
+
+    async def _connect(self, attempts: int) -> NatsClient:
+        attempt = 0
+        delay = 0.5
+        while True:
+            attempt += 1
+            try:
+                return await connect(self.nats_url, role=f"service:{self.name}")
+            except Exception as error:  # noqa: BLE001  (any failure to connect is retried)
+                if attempts and attempt >= attempts:
+                    raise
+                logger.warning(
+                    "Cannot connect to NATS at %s (%s); retrying in %.1fs.",
+                    redact(self.nats_url),
+                    error or type(error).__name__,
+                    delay,
+                )
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+
+    async def service_started(self) -> None:
+        hook = getattr(self.service, "on_start", None)
+        if hook is not None:
+            await _invoke(hook, self.executor)
+
+    async def stop(self) -> None:
+        """Stop taking messages, let in-flight handlers finish and reply, then disconnect."""
+        if self.stopping is None or self.stopping.is_set():
+            return
+        self.stopping.set()
+        logger.info("Service %s stopping; %d messages in flight.", self.name, len(self.in_flight))
+        for subscription in self.subscriptions:
+            # Unsubscribing stops new deliveries at once; messages already delivered to this
+            # process are still handled below.
+            try:
+                await subscription.unsubscribe()
+            except Exception:  # noqa: BLE001
+                logger.debug("Unsubscribe failed", exc_info=True)
+        for task in self.background:
+            task.cancel()
+        await asyncio.gather(*self.background, return_exceptions=True)
+        if self.in_flight:
+            done, pending = await asyncio.wait(set(self.in_flight), timeout=self.grace_period)
+            if pending:
+                logger.warning(
+                    "Service %s: %d handlers still running after the %.1fs grace period; "
+                    "abandoning them.",
+                    self.name,
+                    len(pending),
+                    self.grace_period,
+                )
+                for task in pending:
+                    task.cancel()
+        hook = getattr(self.service, "on_stop", None)
+        if hook is not None:
+            try:
+                await _invoke(hook, self.executor)
+            except Exception:
+                logger.exception("Service %s: on_stop failed.", self.name)
+        for subscription in self.control_subscriptions:
+            try:
+                await subscription.unsubscribe()
+            except Exception:  # noqa: BLE001
+                logger.debug("Unsubscribe failed", exc_info=True)
+        if self.connection is not None and not self.connection.is_closed:
+            try:
+                await self.connection.flush(timeout=2)
+            except Exception:  # noqa: BLE001
+                logger.debug("Flush failed", exc_info=True)
+            await self.connection.close()
+        if client_module.service_loop is self.loop:
+            client_module.service_loop = None
+        forget_connection(self.loop)
+        self.executor.shutdown(wait=False, cancel_futures=True)
+        logger.info("Service %s stopped.", self.name)
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Start, serve until ``stop`` is set, then stop gracefully."""
+        await self.start()
+        try:
+            await stop.wait()
+        finally:
+            await self.stop()
+
+    # Dispatch
+
+    def _spawn(self, coroutine: Any) -> None:
+        # Started eagerly: a handler that never suspends finishes here, without a trip
+        # through the event loop; one that awaits I/O goes on as an ordinary task.
+        task = asyncio.eager_task_factory(self.loop, coroutine)
+        self.in_flight.add(task)
+        task.add_done_callback(self._finished)
+
+    def _finished(self, task: asyncio.Task[Any]) -> None:
+        self.in_flight.discard(task)
+        self.slots.release()  # type: ignore[union-attr]
+
+    async def on_request(self, message: Msg) -> None:
+        # Waiting for a slot here holds back this subscription's deliveries: that is the bound.
+        await self.slots.acquire()  # type: ignore[union-attr]
+        self._spawn(self.handle_request(message))
+
+    def _event_callback(self, event: Event) -> Any:
+        async def on_event(message: Msg) -> None:
+            await self.slots.acquire()  # type: ignore[union-attr]
+            self._spawn(self.handle_event(event, message))
+
+        return on_event
+
+    def _control_callback(self, verb: str) -> Any:
+        async def on_control(message: Msg) -> None:
+            if verb == "PING":
+                body = discovery.ping(self.identity, self.metadata)
+            elif verb == "INFO":
+                body = discovery.info(self.identity, self.metadata, self.endpoints)
+            else:
+                body = discovery.stats(
+                    self.identity, self.metadata, self.endpoints, self.counters
+                )
+            if message.reply:
+                await message.respond(pydantic_core.to_json(body))
+
+        return on_control
+
+    async def handle_request(self, message: Msg) -> None:
+        """Answer one RPC request; never raises."""
+        started = time.perf_counter_ns()
+        received = message.headers
+        values = {name: received[name] for name in PROPAGATED if name in received} if received else {}
+        correlation_id = values.get(CORRELATION_ID) or new_correlation_id()
+        values[CORRELATION_ID] = correlation_id
+        current_headers.set(values)
+        name = message.subject[len(self.prefix) :]
+        rpc = self.rpcs.get(name)
+        error: ServiceError | None = None
+        body = b""
+        try:
+            if rpc is None:
+                raise UnknownEndpoint(f"Service {self.name!r} has no endpoint {name!r}.")
+            data = message.data
+            if len(data) > self.max_request_bytes:
+                raise RequestTooLarge(
+                    f"The request body is {len(data)} bytes; the limit is "
+                    f"{self.max_request_bytes}."
+                )
+            request = parse_request(rpc.request_model, data)
+            result = await self._invoke_handler(rpc.attribute, rpc.is_async, request)
+            body = encode_reply(rpc.reply_model, result)
+        except ServiceError as raised:
+            error = raised
+        except Exception:
+            logger.exception(
+                "Unhandled error in %s.%s [correlation_id=%s]", self.name, name, correlation_id
+            )
+            error = InternalError()
+        elapsed = time.perf_counter_ns() - started
+        if rpc is not None:
+            self.counters[rpc.name].record(
+                elapsed, None if error is None else f"{error.code}:{error.message}"
+            )
+        else:
+            self.unknown_requests += 1
+        if not message.reply:
+            return
+        reply_headers = {CORRELATION_ID: correlation_id}
+        if error is not None:
+            if error.code < 500:
+                logger.info(
+                    "%s.%s answered %d %s [correlation_id=%s]",
+                    self.name, name, error.code, error.type, correlation_id,
+                )
+            body, extra = codec.encode_error(error)
+            reply_headers.update(extra)
+        try:
+            await self.connection.publish(message.reply, body, headers=reply_headers)  # type: ignore[union-attr]
+        except Exception:  # noqa: BLE001  (a reply lost to a dropped connection is logged)
+            logger.warning(
+                "Could not reply to %s.%s [correlation_id=%s]",
+                self.name, name, correlation_id, exc_info=True,
+            )
+
+    async def handle_event(self, event: Event, message: Msg) -> None:
+        """Run one event handler; failures are logged and counted, never raised."""
+        received = message.headers
+        values = {name: received[name] for name in PROPAGATED if name in received} if received else {}
+        correlation_id = values.get(CORRELATION_ID) or new_correlation_id()
+        values[CORRELATION_ID] = correlation_id
+        current_headers.set(values)
+        try:
+            payload = parse_request(event.model, message.data)
+            await self._invoke_handler(event.attribute, event.is_async, payload)
+            self.events_handled += 1
+        except ServiceError as error:
+            self.events_failed += 1
+            logger.warning(
+                "Event on %s rejected by %s.%s: %s [correlation_id=%s]",
+                message.subject, self.name, event.attribute, error, correlation_id,
+            )
+        except Exception:
+            self.events_failed += 1
+            logger.exception(
+                "Event handler %s.%s failed on %s [correlation_id=%s]",
+                self.name, event.attribute, message.subject, correlation_id,
+            )
+
+    async def _invoke_handler(self, attribute: str, is_async: bool, argument: Any) -> Any:
+        handler = getattr(self.service, attribute)
+        arguments = () if argument is _NO_ARGUMENT else (argument,)
+        if not is_async:
+            context = contextvars.copy_context()
+            return await self.loop.run_in_executor(  # type: ignore[union-attr]
+                self.executor, context.run, run_with_connection_hygiene, handler, *arguments
+            )
+        state = MessageState()
+        message_state.set(state)
+        try:
+            return await handler(*arguments)
+        finally:
+            if state.database_used:
+                await aclose_old_connections()
+
+    # Timers
+
+    async def _run_timer(self, timer: Timer) -> None:
+        loop = asyncio.get_running_loop()
+        interval = timer.seconds
+        next_run = loop.time() + (0.0 if timer.immediate else interval)
+        while not self.stopping.is_set():  # type: ignore[union-attr]
+            delay = next_run - loop.time()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            await self.slots.acquire()  # type: ignore[union-attr]
+            run = loop.create_task(self._timer_tick(timer))
+            self.in_flight.add(run)
+            run.add_done_callback(self._finished)
+            # Awaited here so runs of one timer never overlap; shielded so that stopping the
+            # timer loop lets a run in progress finish within the grace period.
+            await asyncio.shield(run)
+            # Next tick on the original grid; ticks missed while a run overran are skipped.
+            next_run += interval
+            now = loop.time()
+            if next_run <= now:
+                next_run += ((now - next_run) // interval + 1) * interval
+
+    async def _timer_tick(self, timer: Timer) -> None:
+        correlation_id = new_correlation_id()
+        current_headers.set({CORRELATION_ID: correlation_id})
+        try:
+            await self._invoke_handler(timer.attribute, timer.is_async, _NO_ARGUMENT)
+            self.timer_runs += 1
+        except Exception:
+            self.timer_failures += 1
+            logger.exception(
+                "Timer %s.%s failed [correlation_id=%s]", self.name, timer.attribute, correlation_id
+            )
+
+    async def _sweep_database_connections(self) -> None:
+        while True:
+            await asyncio.sleep(DATABASE_SWEEP_INTERVAL)
+            try:
+                await aclose_old_connections()
+            except Exception:  # noqa: BLE001
+                logger.warning("Closing old database connections failed", exc_info=True)
+
+
+class _NoArgument:
+    pass
+
+
+_NO_ARGUMENT: Any = _NoArgument()
+
+
+def parse_request(model: type[BaseModel] | None, data: bytes) -> Any:
+    """Validate a body into ``model``: 400 for bad JSON, 422 for a failed validation."""
+    if model is None:
+        return _NO_ARGUMENT
+    try:
+        return model.model_validate_json(data or b"{}")
+    except ValidationError as error:
+        errors = error.errors(include_url=False, include_context=False, include_input=False)
+        if any(item["type"] == "json_invalid" for item in errors):
+            raise InvalidJson(details=[item["msg"] for item in errors]) from None
+        raise InvalidRequest(details=_json_safe(errors)) from None
+
+
+def encode_reply(model: type[BaseModel] | None, result: Any) -> bytes:
+    """Validate and encode a handler's result as its reply model's JSON."""
+    if model is None:
+        if isinstance(result, BaseModel):
+            return codec.encode(result)
+        try:
+            return codec.encode(result)
+        except pydantic_core.PydanticSerializationError:
+            raise InvalidReply(details=["The reply is not JSON-serialisable."]) from None
+    if type(result) is not model:
+        try:
+            result = model.model_validate(
+                result.model_dump() if isinstance(result, BaseModel) else result
+            )
+        except ValidationError as error:
+            raise InvalidReply(
+                details=_json_safe(
+                    error.errors(include_url=False, include_context=False, include_input=False)
+                )
+            ) from None
+    return codec.encode(result)
+
+
+def _json_safe(errors: list[Any]) -> list[dict[str, Any]]:
+    return [{key: value for key, value in item.items() if key in ("type", "loc", "msg")} for item in errors]
+
+
+async def _invoke(function: Any, executor: ThreadPoolExecutor) -> Any:
+    if asyncio.iscoroutinefunction(function):
+        return await function()
+    return await asyncio.get_running_loop().run_in_executor(executor, function)

@@ -1,0 +1,236 @@
+"""The service model: the ``Service`` base class and the ``rpc``, ``event`` and ``timer`` decorators.
+
+A decorator only marks a method; the ``Service`` class reads the marks (and the method's type
+hints) the first time it is asked for its handlers, so models may be declared after the class.
+"""
+
+from __future__ import annotations
+
+import inspect
+import typing
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, ClassVar, TypeVar
+
+from pydantic import BaseModel
+
+from cliffracer_core.settings import cliffracer_settings
+
+Function = TypeVar("Function", bound=Callable[..., Any])
+
+RPC_MARK = "__cliffracer_rpc__"
+EVENT_MARK = "__cliffracer_event__"
+TIMER_MARK = "__cliffracer_timer__"
+
+
+@dataclass(frozen=True)
+class Rpc:
+    """One request/reply endpoint of a service."""
+
+    name: str
+    attribute: str
+    request_model: type[BaseModel] | None
+    reply_model: type[BaseModel] | None
+    is_async: bool
+    description: str
+
+
+@dataclass(frozen=True)
+class Event:
+    """One event handler: a subject pattern and the model of its events."""
+
+    subject: str
+    attribute: str
+    model: type[BaseModel] | None
+    is_async: bool
+    broadcast: bool
+
+
+@dataclass(frozen=True)
+class Timer:
+    """One method run every ``seconds`` inside the service."""
+
+    seconds: float
+    attribute: str
+    is_async: bool
+    immediate: bool
+
+
+def rpc(function: Function | None = None, *, name: str | None = None) -> Any:
+    """Mark a method as an RPC endpoint; usable as ``@rpc`` or ``@rpc(name=...)``."""
+
+    def mark(function: Function) -> Function:
+        setattr(function, RPC_MARK, {"name": name or function.__name__})
+        return function
+
+    return mark(function) if function is not None else mark
+
+
+def event(subject: str, *, broadcast: bool = False) -> Callable[[Function], Function]:
+    """Mark a method as the handler of events on ``subject`` (``*`` and ``>`` wildcards).
+
+    One instance of the service handles each event; ``broadcast=True`` delivers it to every
+    instance.
+    """
+    if not subject or " " in subject:
+        raise ValueError(f"Invalid event subject {subject!r}.")
+
+    def mark(function: Function) -> Function:
+        setattr(function, EVENT_MARK, {"subject": subject, "broadcast": broadcast})
+        return function
+
+    return mark
+
+
+def timer(*, seconds: float, immediate: bool = False) -> Callable[[Function], Function]:
+    """Mark a method to run every ``seconds``; runs never overlap and missed ticks are skipped."""
+    if seconds <= 0:
+        raise ValueError("A timer's interval must be positive.")
+
+    def mark(function: Function) -> Function:
+        setattr(function, TIMER_MARK, {"seconds": float(seconds), "immediate": immediate})
+        return function
+
+    return mark
+
+
+class Service:
+    """Base class of the one service a service app declares in its ``service.py``.
+
+    ``name`` defaults to the app's label, ``version`` (semantic) to the setting
+    ``DEFAULT_SERVICE_VERSION``, and ``description`` to the class docstring.
+    """
+
+    name: ClassVar[str | None] = None
+    version: ClassVar[str | None] = None
+    description: ClassVar[str | None] = None
+    app_label: ClassVar[str | None] = None
+
+    _handlers: ClassVar[tuple[dict[str, Rpc], list[Event], list[Timer]] | None] = None
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        cls._handlers = None
+
+    @classmethod
+    def service_name(cls) -> str:
+        return cls.name or cls.app_label or cls.__name__.removesuffix("Service").lower()
+
+    @classmethod
+    def service_version(cls) -> str:
+        return cls.version or cliffracer_settings.DEFAULT_SERVICE_VERSION
+
+    @classmethod
+    def service_description(cls) -> str:
+        return cls.description or inspect.cleandoc(cls.__doc__ or "").split("\n\n")[0]
+
+    @classmethod
+    def rpcs(cls) -> dict[str, Rpc]:
+        return cls._read_handlers()[0]
+
+    @classmethod
+    def events(cls) -> list[Event]:
+        return cls._read_handlers()[1]
+
+    @classmethod
+    def timers(cls) -> list[Timer]:
+        return cls._read_handlers()[2]
+
+    @classmethod
+    def _read_handlers(cls) -> tuple[dict[str, Rpc], list[Event], list[Timer]]:
+        if cls.__dict__.get("_handlers") is not None:
+            return cls._handlers  # type: ignore[return-value]
+        rpcs: dict[str, Rpc] = {}
+        events: list[Event] = []
+        timers: list[Timer] = []
+        seen: set[str] = set()
+        for klass in cls.__mro__:
+            for attribute, function in vars(klass).items():
+                if attribute in seen or not callable(function):
+                    continue
+                seen.add(attribute)
+                if mark := getattr(function, RPC_MARK, None):
+                    request_model, reply_model = _models(cls, function, attribute)
+                    rpcs[mark["name"]] = Rpc(
+                        name=mark["name"],
+                        attribute=attribute,
+                        request_model=request_model,
+                        reply_model=reply_model,
+                        is_async=inspect.iscoroutinefunction(function),
+                        description=inspect.cleandoc(function.__doc__ or "").split("\n\n")[0],
+                    )
+                if mark := getattr(function, EVENT_MARK, None):
+                    model, _ = _models(cls, function, attribute)
+                    events.append(
+                        Event(
+                            subject=mark["subject"],
+                            attribute=attribute,
+                            model=model,
+                            is_async=inspect.iscoroutinefunction(function),
+                            broadcast=mark["broadcast"],
+                        )
+                    )
+                if mark := getattr(function, TIMER_MARK, None):
+                    timers.append(
+                        Timer(
+                            seconds=mark["seconds"],
+                            attribute=attribute,
+                            is_async=inspect.iscoroutinefunction(function),
+                            immediate=mark["immediate"],
+                        )
+                    )
+        cls._handlers = (rpcs, events, timers)
+        return cls._handlers
+
+    # Helpers for handlers; the same functions work anywhere else in the project.
+
+    async def publish(self, subject: str, data: Any, *, headers: dict[str, str] | None = None) -> None:
+        """Publish an event; the current correlation id and caller travel with it."""
+        from cliffracer_core.client import apublish
+
+        await apublish(subject, data, headers=headers)
+
+    async def call(
+        self,
+        target: str,
+        data: Any = None,
+        *,
+        reply: type[BaseModel] | None = None,
+        timeout: float | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> Any:
+        """Call another service's RPC (``"service.method"``), carrying the correlation id."""
+        from cliffracer_core.client import acall
+
+        return await acall(target, data, reply=reply, timeout=timeout, headers=headers)
+
+
+def _models(
+    service_class: type, function: Callable[..., Any], attribute: str
+) -> tuple[type[BaseModel] | None, type[BaseModel] | None]:
+    """Return the model of a handler's one argument and of its return value."""
+    module = inspect.getmodule(service_class)
+    hints = typing.get_type_hints(function, globalns=vars(module) if module else None)
+    parameters = [p for p in inspect.signature(function).parameters.values()][1:]
+    if len(parameters) > 1:
+        raise TypeError(
+            f"{service_class.__name__}.{attribute} takes more than one argument; "
+            "a handler takes one pydantic model."
+        )
+    request_model = None
+    if parameters:
+        request_model = hints.get(parameters[0].name)
+        if not (isinstance(request_model, type) and issubclass(request_model, BaseModel)):
+            raise TypeError(
+                f"{service_class.__name__}.{attribute}: annotate its argument with a pydantic model."
+            )
+    reply_model = hints.get("return")
+    if reply_model is type(None):
+        reply_model = None
+    if reply_model is not None and not (
+        isinstance(reply_model, type) and issubclass(reply_model, BaseModel)
+    ):
+        raise TypeError(
+            f"{service_class.__name__}.{attribute}: annotate its return with a pydantic model or None."
+        )
+    return request_model, reply_model

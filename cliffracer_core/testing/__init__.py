@@ -1,0 +1,5 @@
+"""Helpers for testing services against a real nats-server."""
+
+from cliffracer_core.testing.services import RunningService, run_service_in_thread
+
+__all__ = ["RunningService", "run_service_in_thread"]

@@ -1,0 +1,13 @@
+"""Shared fixtures of the framework tests; the NATS fixtures come from cliffracer_core.testing."""
+
+import itertools
+
+import pytest
+
+_counter = itertools.count()
+
+
+@pytest.fixture
+def unique_name() -> str:
+    """A service name no other test uses, so tests never hear each other's messages."""
+    return f"t{next(_counter)}"

@@ -1,0 +1,6 @@
+from cliffracer_core import ServiceAppConfig
+
+
+class ServiceAppTestConfig(ServiceAppConfig):
+    name = "tests.serviceapp"
+    label = "testservice"

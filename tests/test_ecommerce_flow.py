@@ -1,0 +1,186 @@
+"""The e-commerce example end to end: four ``runservice`` processes, real NATS, one database.
+
+An order is placed over NATS; payments, orders, inventory and notifications then react to one
+another's events in their own processes, and the test polls the database for the outcome.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from decimal import Decimal
+from typing import Any
+
+import pytest
+
+from apps.inventory.logic import stock_item_create
+from apps.inventory.models import Reservation, StockItem
+from apps.inventory.schemas import StockLevels
+from apps.notifications.models import Notification
+from apps.notifications.schemas import CustomerNotifications
+from apps.orders.models import Order
+from apps.orders.schemas import OrderDetail
+from apps.payments.models import Payment
+from cliffracer_core import call
+from cliffracer_core.errors import RemoteConflict, RemoteNotFound
+
+SERVICES = ("inventory", "orders", "payments", "notifications")
+TIMEOUT = 15.0
+
+
+@pytest.fixture
+def services(transactional_db, runservice_process) -> list[Any]:
+    """Stock on the shelf, and every service of the example running in its own process."""
+    stock_item_create(sku="FLOW-TEE", name="T-shirt", price="19.00", quantity_on_hand=10)
+    stock_item_create(sku="FLOW-MUG", name="Mug", price="12.50", quantity_on_hand=3)
+    processes = [runservice_process(label, wait=False) for label in SERVICES]
+    for process in processes:
+        process.wait_serving()
+    return processes
+
+
+def wait_for(condition: Callable[[], Any], what: str, services: list[Any]) -> Any:
+    """Poll ``condition`` until it is true; on timeout fail with the services' logs."""
+    deadline = time.monotonic() + TIMEOUT
+    while not (result := condition()):
+        if time.monotonic() > deadline:
+            logs = "\n".join(f"--- {p.label}\n{p.output()[-3000:]}" for p in services)
+            pytest.fail(f"Timed out after {TIMEOUT:g}s waiting for {what}.\n{logs}")
+        time.sleep(0.05)
+    return result
+
+
+def place_order(customer_id: int, token: str, *lines: tuple[str, int]) -> dict[str, Any]:
+    return call(
+        "orders.create_order",
+        {
+            "customer_id": customer_id,
+            "customer_email": f"customer{customer_id}@example.com",
+            "lines": [{"sku": sku, "quantity": quantity} for sku, quantity in lines],
+            "payment_token": token,
+        },
+    )
+
+
+def stock() -> dict[str, tuple[int, int]]:
+    return {
+        item.sku: (item.quantity_on_hand, item.quantity_reserved)
+        for item in StockItem.objects.filter(sku__startswith="FLOW-")
+    }
+
+
+def reservation_statuses(order: Order) -> list[tuple[str, int, str]]:
+    return sorted(
+        Reservation.objects.filter(order_reference=str(order.reference)).values_list(
+            "stock_item__sku", "quantity", "status"
+        )
+    )
+
+
+def notification_kinds(order_id: int) -> set[str]:
+    return set(Notification.objects.filter(order_id=order_id).values_list("kind", flat=True))
+
+
+def test_a_paid_order_commits_its_stock_and_notifies_the_customer(services):
+    placed = place_order(101, "tok_visa", ("FLOW-TEE", 2), ("FLOW-MUG", 1))
+
+    assert placed["status"] == "pending_payment"
+    assert Decimal(placed["total"]) == Decimal("50.50")
+    order_id = placed["order_id"]
+    wait_for(
+        lambda: Order.objects.filter(pk=order_id, status="paid").exists(), "the order paid", services
+    )
+    order = Order.objects.get(pk=order_id)
+    wait_for(
+        lambda: {status for *_, status in reservation_statuses(order)} == {"committed"},
+        "the reservation committed",
+        services,
+    )
+    wait_for(
+        lambda: notification_kinds(order_id) == {"order_created", "order_paid"},
+        "both notifications",
+        services,
+    )
+
+    assert (order.customer_id, order.customer_email, order.total) == (
+        101,
+        "customer101@example.com",
+        Decimal("50.50"),
+    )
+    assert sorted(order.lines.values_list("sku", "quantity", "unit_price")) == [
+        ("FLOW-MUG", 1, Decimal("12.50")),
+        ("FLOW-TEE", 2, Decimal("19.00")),
+    ]
+    assert reservation_statuses(order) == [
+        ("FLOW-MUG", 1, "committed"),
+        ("FLOW-TEE", 2, "committed"),
+    ]
+    assert stock() == {"FLOW-MUG": (2, 0), "FLOW-TEE": (8, 0)}
+    payment = Payment.objects.get(order_id=order_id)
+    assert (payment.status, payment.amount) == ("completed", Decimal("50.50"))
+
+    # The same state, read through the services' RPCs.
+    detail = call("orders.get_order", {"order_id": order_id}, reply=OrderDetail)
+    assert (detail.status, detail.total, len(detail.lines)) == ("paid", Decimal("50.50"), 2)
+    levels = call("inventory.get_stock", {"skus": ["FLOW-TEE"]}, reply=StockLevels)
+    assert [(level.quantity_on_hand, level.quantity_available) for level in levels.items] == [
+        (8, 8)
+    ]
+    sent = call(
+        "notifications.list_for_customer", {"customer_id": 101}, reply=CustomerNotifications
+    )
+    assert {n.kind for n in sent.notifications} == {"order_created", "order_paid"}
+
+
+def test_a_declined_payment_releases_the_stock(services):
+    placed = place_order(102, "tok_decline", ("FLOW-TEE", 3))
+
+    order_id = placed["order_id"]
+    wait_for(
+        lambda: Order.objects.filter(pk=order_id, status="payment_failed").exists(),
+        "the order's payment failed",
+        services,
+    )
+    order = Order.objects.get(pk=order_id)
+    wait_for(
+        lambda: reservation_statuses(order) == [("FLOW-TEE", 3, "released")],
+        "the reservation released",
+        services,
+    )
+    wait_for(
+        lambda: notification_kinds(order_id) == {"order_created", "payment_failed"},
+        "both notifications",
+        services,
+    )
+
+    assert order.failure_reason == "card_declined"
+    assert stock() == {"FLOW-MUG": (3, 0), "FLOW-TEE": (10, 0)}
+    payment = Payment.objects.get(order_id=order_id)
+    assert (payment.status, payment.failure_reason, payment.amount) == (
+        "failed",
+        "card_declined",
+        Decimal("57.00"),
+    )
+
+
+def test_an_order_for_more_than_the_stock_is_refused(services):
+    with pytest.raises(RemoteConflict) as raised:
+        place_order(103, "tok_visa", ("FLOW-TEE", 1), ("FLOW-MUG", 4))
+
+    assert (raised.value.code, raised.value.type) == (409, "out_of_stock")
+    assert "FLOW-MUG" in raised.value.message
+    assert raised.value.details == {"short": [{"sku": "FLOW-MUG", "requested": 4, "available": 3}]}
+    with pytest.raises(RemoteNotFound) as raised:
+        place_order(103, "tok_visa", ("FLOW-NOPE", 1))
+    assert raised.value.details == {"unknown_skus": ["FLOW-NOPE"]}
+
+    assert not Order.objects.exists()
+    assert not Reservation.objects.exists()
+    assert stock() == {"FLOW-MUG": (3, 0), "FLOW-TEE": (10, 0)}
+
+
+def test_get_order_of_a_missing_order_is_not_found(services):
+    with pytest.raises(RemoteNotFound) as raised:
+        call("orders.get_order", {"order_id": 424242})
+
+    assert (raised.value.code, raised.value.type) == (404, "order_not_found")

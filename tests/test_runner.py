@@ -1,0 +1,222 @@
+"""Requests and replies through a running service, over a real nats-server."""
+
+import asyncio
+import json
+import logging
+
+import nats
+import pytest
+
+from cliffracer_core import (
+    Conflict,
+    NotFound,
+    RemoteError,
+    Service,
+    ValidationFailed,
+    acall,
+    call,
+    get_correlation_id,
+    rpc,
+)
+from cliffracer_core.errors import NoResponders, RemoteConflict, RemoteNotFound
+from cliffracer_core.testing.plugin import run_async
+from tests.models import Add, Item, Tagged, Total, Wait
+
+
+def make_service(service_name: str) -> type[Service]:
+    class Calculator(Service):
+        name = service_name
+
+        @rpc
+        async def add(self, request: Add) -> Total:
+            return Total(total=request.a + request.b)
+
+        @rpc
+        def add_in_thread(self, request: Add) -> Total:
+            return Total(total=request.a + request.b)
+
+        @rpc
+        async def as_dict(self, request: Add) -> Total:
+            return {"total": request.a + request.b}
+
+        @rpc
+        async def explode(self, request: Add) -> Total:
+            raise RuntimeError("database password is hunter2")
+
+        @rpc
+        def explode_in_thread(self, request: Add) -> Total:
+            raise KeyError("secret")
+
+        @rpc
+        async def find(self, request: Item) -> Item:
+            raise NotFound(f"No item {request.id}.", details={"id": request.id})
+
+        @rpc
+        async def taken(self, request: Item) -> Item:
+            raise Conflict("Name taken.", details={"name": request.name})
+
+        @rpc
+        async def wrong_reply(self, request: Add) -> Total:
+            return {"sum": 3}
+
+        @rpc
+        async def nothing(self, request: Add) -> None:
+            return None
+
+        @rpc
+        async def whoami(self, request: Wait) -> Tagged:
+            return Tagged(tag=request.tag, correlation_id=get_correlation_id())
+
+        @rpc
+        async def relay(self, request: Wait) -> Tagged:
+            # A call made inside a handler carries the correlation id onward.
+            return await self.call(f"{service_name}.whoami", request, reply=Tagged)
+
+    return Calculator
+
+
+@pytest.fixture
+def calculator(start_service, unique_name):
+    start_service(make_service(unique_name))
+    return unique_name
+
+
+async def raw_request(url: str, subject: str, body: bytes, headers=None):
+    client = await nats.connect(url)
+    try:
+        return await client.request(subject, body, timeout=5, headers=headers)
+    finally:
+        await client.close()
+
+
+def test_reply_is_the_plain_json_of_the_reply_model(nats_server, calculator):
+    reply = run_async(
+        raw_request(nats_server.url, f"rpc.{calculator}.add", b'{"a": 2, "b": 3}')
+    )
+    assert json.loads(reply.data) == {"total": 5}
+    assert "Nats-Service-Error-Code" not in (reply.headers or {})
+    assert reply.headers["X-Correlation-ID"]
+
+
+def test_typed_and_untyped_calls(calculator):
+    assert call(f"{calculator}.add", Add(a=1, b=2), reply=Total) == Total(total=3)
+    assert call(f"{calculator}.add", {"a": 1, "b": 2}) == {"total": 3}
+    assert call(f"{calculator}.add_in_thread", {"a": 5, "b": 5}) == {"total": 10}
+    assert call(f"{calculator}.as_dict", {"a": 1, "b": 1}, reply=Total) == Total(total=2)
+    assert call(f"{calculator}.nothing", {"a": 1, "b": 1}) is None
+
+
+def error_reply(url, subject, body):
+    reply = run_async(raw_request(url, subject, body))
+    return reply.headers, json.loads(reply.data)["error"]
+
+
+@pytest.mark.parametrize(
+    ("endpoint", "body", "code", "error_type"),
+    [
+        ("add", b"{not json", "400", "invalid_json"),
+        ("add", b'{"a": "x"}', "422", "validation_failed"),
+        ("no_such_endpoint", b"{}", "404", "unknown_endpoint"),
+        ("explode", b'{"a": 1, "b": 1}', "500", "internal_error"),
+        ("explode_in_thread", b'{"a": 1, "b": 1}', "500", "internal_error"),
+        ("wrong_reply", b'{"a": 1, "b": 1}', "502", "invalid_reply"),
+        ("find", b'{"id": 7, "name": "x"}', "404", "not_found"),
+        ("taken", b'{"id": 7, "name": "x"}', "409", "conflict"),
+    ],
+)
+def test_each_error_kind_is_an_adr32_error(nats_server, calculator, endpoint, body, code, error_type):
+    headers, error = error_reply(nats_server.url, f"rpc.{calculator}.{endpoint}", body)
+    assert headers["Nats-Service-Error-Code"] == code
+    assert headers["Nats-Service-Error"] == error["message"]
+    assert error["code"] == int(code)
+    assert error["type"] == error_type
+    assert set(error) == {"code", "type", "message", "details"}
+    # The worker keeps serving after every one of them.
+    assert call(f"{calculator}.add", {"a": 1, "b": 1}) == {"total": 2}
+
+
+def test_validation_errors_carry_pydantic_details(calculator):
+    with pytest.raises(ValidationFailed) as raised:
+        call(f"{calculator}.add", {"a": "not a number"})
+    error = raised.value
+    assert error.code == 422
+    fields = {tuple(item["loc"]): item["type"] for item in error.details}
+    assert fields == {("a",): "int_parsing", ("b",): "missing"}
+
+
+def test_deliberate_errors_carry_message_and_details(calculator):
+    with pytest.raises(RemoteNotFound) as raised:
+        call(f"{calculator}.find", {"id": 42, "name": "x"})
+    assert (raised.value.code, raised.value.message) == (404, "No item 42.")
+    assert raised.value.details == {"id": 42}
+    with pytest.raises(RemoteConflict) as raised:
+        call(f"{calculator}.taken", {"id": 1, "name": "bolt"})
+    assert raised.value.details == {"name": "bolt"}
+
+
+def test_unexpected_exception_stays_in_the_log(nats_server, calculator, caplog):
+    caplog.set_level(logging.ERROR, logger="cliffracer")
+    headers = {"X-Correlation-ID": "corr-explode-1"}
+    reply = run_async(
+        raw_request(nats_server.url, f"rpc.{calculator}.explode", b'{"a":1,"b":1}', headers)
+    )
+    assert b"hunter2" not in reply.data and b"Traceback" not in reply.data
+    assert "hunter2" not in json.dumps(dict(reply.headers))
+    assert json.loads(reply.data)["error"]["message"] == "The service failed to handle the request."
+    logged = [record for record in caplog.records if "corr-explode-1" in record.getMessage()]
+    assert len(logged) == 1
+    assert logged[0].exc_info is not None
+    assert "hunter2" in str(logged[0].exc_info[1])
+
+
+def test_reply_model_validation_failure_details(calculator):
+    with pytest.raises(RemoteError) as raised:
+        call(f"{calculator}.wrong_reply", {"a": 1, "b": 2})
+    assert raised.value.code == 502
+    assert raised.value.details[0]["loc"] == ["total"]
+
+
+def test_correlation_id_travels_through_nested_calls(calculator):
+    reply = call(
+        f"{calculator}.relay", {"tag": 4}, reply=Tagged, headers={"X-Correlation-ID": "abc-123"}
+    )
+    assert reply == Tagged(tag=4, correlation_id="abc-123")
+
+
+def test_a_correlation_id_is_created_when_the_caller_has_none(calculator):
+    first = call(f"{calculator}.whoami", {"tag": 1}, reply=Tagged)
+    second = call(f"{calculator}.whoami", {"tag": 2}, reply=Tagged)
+    assert first.correlation_id and second.correlation_id
+    assert first.correlation_id != second.correlation_id
+
+
+def test_oversized_request_is_refused(start_service, unique_name):
+    start_service(make_service(unique_name))
+    from django.test import override_settings
+
+    with override_settings(CLIFFRACER={"MAX_REQUEST_BYTES": 64}):
+        start_service(make_service(unique_name + "small"))
+    with pytest.raises(RemoteError) as raised:
+        call(f"{unique_name}small.add", {"a": 1, "b": 2, "padding": "x" * 100})
+    assert raised.value.code == 413
+    # The normal instance accepts the same body.
+    assert call(f"{unique_name}.add", {"a": 1, "b": 2, "padding": "x" * 100}) == {"total": 3}
+
+
+def test_no_responders_when_no_instance_runs(nats_server):
+    with pytest.raises(NoResponders) as raised:
+        call("nobody_runs_this.method", {})
+    assert raised.value.code == 503
+
+
+def test_async_callers_share_the_loop_connection(calculator):
+    async def many():
+        replies = await asyncio.gather(
+            *(
+                acall(f"{calculator}.add", {"a": i, "b": 1})
+                for i in range(20)
+            )
+        )
+        return [reply["total"] for reply in replies]
+
+    assert run_async(many()) == [i + 1 for i in range(20)]
