@@ -11,7 +11,7 @@ import asyncio
 import os
 import threading
 from collections.abc import Coroutine
-from typing import Any, TypeVar
+from typing import Any
 
 import nats.errors
 from nats.aio.client import Client as NatsClient
@@ -23,8 +23,6 @@ from cliffracer_core.context import outgoing_headers
 from cliffracer_core.errors import NoResponders, RpcTimeout, remote_error
 from cliffracer_core.headers import CORRELATION_ID, ERROR_CODE
 from cliffracer_core.settings import cliffracer_settings
-
-Reply = TypeVar("Reply", bound=BaseModel)
 
 
 class SynchronousCallError(RuntimeError):
@@ -39,7 +37,7 @@ def rpc_subject(target: str) -> str:
     return f"{cliffracer_settings.RPC_SUBJECT_PREFIX}.{target}"
 
 
-async def acall(
+async def acall[Reply: BaseModel](
     target: str,
     data: Any = None,
     *,
@@ -60,7 +58,9 @@ async def acall(
     wait = timeout if timeout is not None else cliffracer_settings.RPC_TIMEOUT
     try:
         message = await client.request(
-            subject, codec.encode(data if data is not None else {}), timeout=wait,
+            subject,
+            codec.encode(data if data is not None else {}),
+            timeout=wait,
             headers=message_headers,
         )
     except nats.errors.NoRespondersError:
@@ -106,7 +106,6 @@ async def apublish(
     await client.publish(subject, codec.encode(data), headers=outgoing_headers(headers))
 
 
-
 class BackgroundLoop:
     """An event loop in a daemon thread that runs the sync client's coroutines."""
 
@@ -125,7 +124,9 @@ class BackgroundLoop:
                     self.loop = asyncio.new_event_loop()
                     self.pid = os.getpid()
                     self.thread = threading.Thread(
-                        target=self._run, args=(self.loop, ready), name="cliffracer-client",
+                        target=self._run,
+                        args=(self.loop, ready),
+                        name="cliffracer-client",
                         daemon=True,
                     )
                     self.thread.start()
@@ -163,7 +164,7 @@ def run_sync(coroutine: Coroutine[Any, Any, Any], *, timeout: float | None = Non
     return future.result(timeout)
 
 
-def call(
+def call[Reply: BaseModel](
     target: str,
     data: Any = None,
     *,

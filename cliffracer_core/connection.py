@@ -9,7 +9,6 @@ import socket
 import weakref
 from typing import Any
 
-import nats
 from nats.aio.client import Client as NatsClient
 
 from cliffracer_core.settings import cliffracer_settings
@@ -61,7 +60,9 @@ async def connect(url: str | None = None, *, role: str = "client", **options: An
         if not state["connected"]:
             logger.warning(
                 "Cannot connect to NATS at %s (%s: %s); retrying.",
-                redact(url), type(exception).__name__, exception,
+                redact(url),
+                type(exception).__name__,
+                exception,
             )
         else:
             logger.info("NATS connection: %s: %s", type(exception).__name__, exception)

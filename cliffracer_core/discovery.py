@@ -6,6 +6,7 @@ dispatch is Cliffracer's own because ``nats.micro`` runs an endpoint's handlers 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
@@ -178,10 +179,8 @@ async def request_all(
     replies: list[dict[str, Any]] = []
 
     async def collect(message: Any) -> None:
-        try:
+        with contextlib.suppress(ValueError):
             replies.append(json.loads(message.data))
-        except ValueError:
-            pass
 
     subscription = await connection.subscribe(inbox, cb=collect)
     try:

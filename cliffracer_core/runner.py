@@ -121,7 +121,9 @@ class ServiceRunner:
         for event in self.service_class.events():
             queue = "" if event.broadcast else f"{self.name}.{event.attribute}"
             self.subscriptions.append(
-                await connection.subscribe(event.subject, queue=queue, cb=self._event_callback(event))
+                await connection.subscribe(
+                    event.subject, queue=queue, cb=self._event_callback(event)
+                )
             )
         for verb, subject in discovery.control_subjects(self.name, self.identity.id):
             self.control_subscriptions.append(
@@ -259,9 +261,7 @@ class ServiceRunner:
             elif verb == "INFO":
                 body = discovery.info(self.identity, self.metadata, self.endpoints)
             else:
-                body = discovery.stats(
-                    self.identity, self.metadata, self.endpoints, self.counters
-                )
+                body = discovery.stats(self.identity, self.metadata, self.endpoints, self.counters)
             if message.reply:
                 await message.respond(pydantic_core.to_json(body))
 
@@ -271,7 +271,9 @@ class ServiceRunner:
         """Answer one RPC request; never raises."""
         started = time.perf_counter_ns()
         received = message.headers
-        values = {name: received[name] for name in PROPAGATED if name in received} if received else {}
+        values = (
+            {name: received[name] for name in PROPAGATED if name in received} if received else {}
+        )
         correlation_id = values.get(CORRELATION_ID) or new_correlation_id()
         values[CORRELATION_ID] = correlation_id
         current_headers.set(values)
@@ -285,8 +287,7 @@ class ServiceRunner:
             data = message.data
             if len(data) > self.max_request_bytes:
                 raise RequestTooLarge(
-                    f"The request body is {len(data)} bytes; the limit is "
-                    f"{self.max_request_bytes}."
+                    f"The request body is {len(data)} bytes; the limit is {self.max_request_bytes}."
                 )
             request = parse_request(rpc.request_model, data)
             result = await self._invoke_handler(rpc.attribute, rpc.is_async, request)
@@ -312,7 +313,11 @@ class ServiceRunner:
             if error.code < 500:
                 logger.info(
                     "%s.%s answered %d %s [correlation_id=%s]",
-                    self.name, name, error.code, error.type, correlation_id,
+                    self.name,
+                    name,
+                    error.code,
+                    error.type,
+                    correlation_id,
                 )
             body, extra = codec.encode_error(error)
             reply_headers.update(extra)
@@ -321,13 +326,18 @@ class ServiceRunner:
         except Exception:  # noqa: BLE001  (a reply lost to a dropped connection is logged)
             logger.warning(
                 "Could not reply to %s.%s [correlation_id=%s]",
-                self.name, name, correlation_id, exc_info=True,
+                self.name,
+                name,
+                correlation_id,
+                exc_info=True,
             )
 
     async def handle_event(self, event: Event, message: Msg) -> None:
         """Run one event handler; failures are logged and counted, never raised."""
         received = message.headers
-        values = {name: received[name] for name in PROPAGATED if name in received} if received else {}
+        values = (
+            {name: received[name] for name in PROPAGATED if name in received} if received else {}
+        )
         correlation_id = values.get(CORRELATION_ID) or new_correlation_id()
         values[CORRELATION_ID] = correlation_id
         current_headers.set(values)
@@ -339,13 +349,20 @@ class ServiceRunner:
             self.events_failed += 1
             logger.warning(
                 "Event on %s rejected by %s.%s: %s [correlation_id=%s]",
-                message.subject, self.name, event.attribute, error, correlation_id,
+                message.subject,
+                self.name,
+                event.attribute,
+                error,
+                correlation_id,
             )
         except Exception:
             self.events_failed += 1
             logger.exception(
                 "Event handler %s.%s failed on %s [correlation_id=%s]",
-                self.name, event.attribute, message.subject, correlation_id,
+                self.name,
+                event.attribute,
+                message.subject,
+                correlation_id,
             )
 
     async def _invoke_handler(self, attribute: str, is_async: bool, argument: Any) -> Any:
@@ -452,7 +469,10 @@ def encode_reply(model: type[BaseModel] | None, result: Any) -> bytes:
 
 
 def _json_safe(errors: list[Any]) -> list[dict[str, Any]]:
-    return [{key: value for key, value in item.items() if key in ("type", "loc", "msg")} for item in errors]
+    return [
+        {key: value for key, value in item.items() if key in ("type", "loc", "msg")}
+        for item in errors
+    ]
 
 
 async def _invoke(function: Any, executor: ThreadPoolExecutor) -> Any:

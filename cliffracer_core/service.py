@@ -1,4 +1,4 @@
-"""The service model: the ``Service`` base class and the ``rpc``, ``event`` and ``timer`` decorators.
+"""The service model: the ``Service`` base class and the ``rpc``, ``event``, ``timer`` decorators.
 
 A decorator only marks a method; the ``Service`` class reads the marks (and the method's type
 hints) the first time it is asked for its handlers, so models may be declared after the class.
@@ -56,7 +56,9 @@ class Timer:
     immediate: bool
 
 
-def rpc(function: Function | None = None, *, name: str | None = None) -> Any:
+def rpc[Function: Callable[..., Any]](
+    function: Function | None = None, *, name: str | None = None
+) -> Any:
     """Mark a method as an RPC endpoint; usable as ``@rpc`` or ``@rpc(name=...)``."""
 
     def mark(function: Function) -> Function:
@@ -184,7 +186,9 @@ class Service:
 
     # Helpers for handlers; the same functions work anywhere else in the project.
 
-    async def publish(self, subject: str, data: Any, *, headers: dict[str, str] | None = None) -> None:
+    async def publish(
+        self, subject: str, data: Any, *, headers: dict[str, str] | None = None
+    ) -> None:
         """Publish an event; the current correlation id and caller travel with it."""
         from cliffracer_core.client import apublish
 
@@ -222,7 +226,8 @@ def _models(
         request_model = hints.get(parameters[0].name)
         if not (isinstance(request_model, type) and issubclass(request_model, BaseModel)):
             raise TypeError(
-                f"{service_class.__name__}.{attribute}: annotate its argument with a pydantic model."
+                f"{service_class.__name__}.{attribute}: annotate its argument with a "
+                "pydantic model."
             )
     reply_model = hints.get("return")
     if reply_model is type(None):
@@ -231,6 +236,7 @@ def _models(
         isinstance(reply_model, type) and issubclass(reply_model, BaseModel)
     ):
         raise TypeError(
-            f"{service_class.__name__}.{attribute}: annotate its return with a pydantic model or None."
+            f"{service_class.__name__}.{attribute}: annotate its return with a pydantic "
+            "model or None."
         )
     return request_model, reply_model

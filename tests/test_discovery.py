@@ -5,7 +5,7 @@ import re
 
 import pytest
 
-from cliffracer_core import Service, call, event, rpc
+from cliffracer_core import RemoteError, Service, call, event, rpc
 from cliffracer_core.connection import connect
 from cliffracer_core.discovery import request_all
 from cliffracer_core.testing.plugin import run_async
@@ -107,7 +107,7 @@ def test_stats_count_requests_errors_and_time(nats_server, two_instances):
     for _ in range(6):
         call(f"{name}.add", {"a": 1, "b": 1})
     for _ in range(3):
-        with pytest.raises(Exception):
+        with pytest.raises(RemoteError):
             call(f"{name}.fail", {"a": 1, "b": 1})
     replies = run_async(ask(nats_server.url, "STATS", name))
     assert len(replies) == 2
@@ -117,8 +117,14 @@ def test_stats_count_requests_errors_and_time(nats_server, two_instances):
         assert STARTED.match(stats["started"])
         for endpoint in stats["endpoints"]:
             assert set(endpoint) >= {
-                "name", "subject", "queue_group", "num_requests", "num_errors", "last_error",
-                "processing_time", "average_processing_time",
+                "name",
+                "subject",
+                "queue_group",
+                "num_requests",
+                "num_errors",
+                "last_error",
+                "processing_time",
+                "average_processing_time",
             }
             assert isinstance(endpoint["processing_time"], int)
             totals[endpoint["name"]][0] += endpoint["num_requests"]

@@ -88,7 +88,9 @@ def test_a_paid_order_commits_its_stock_and_notifies_the_customer(services):
     assert Decimal(placed["total"]) == Decimal("50.50")
     order_id = placed["order_id"]
     wait_for(
-        lambda: Order.objects.filter(pk=order_id, status="paid").exists(), "the order paid", services
+        lambda: Order.objects.filter(pk=order_id, status="paid").exists(),
+        "the order paid",
+        services,
     )
     order = Order.objects.get(pk=order_id)
     wait_for(

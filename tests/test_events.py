@@ -52,9 +52,7 @@ def test_two_instances_share_requests_and_each_is_answered_once(start_service, u
         by_instance[reply.instance] = by_instance.get(reply.instance, 0) + 1
     assert set(by_instance) == {str(id(first.service)), str(id(second.service))}
     assert sum(by_instance.values()) == 200
-    counted = sum(
-        running.runner.counters["which"].num_requests for running in (first, second)
-    )
+    counted = sum(running.runner.counters["which"].num_requests for running in (first, second))
     assert counted == 200
 
 

@@ -90,9 +90,7 @@ async def raw_request(url: str, subject: str, body: bytes, headers=None):
 
 
 def test_reply_is_the_plain_json_of_the_reply_model(nats_server, calculator):
-    reply = run_async(
-        raw_request(nats_server.url, f"rpc.{calculator}.add", b'{"a": 2, "b": 3}')
-    )
+    reply = run_async(raw_request(nats_server.url, f"rpc.{calculator}.add", b'{"a": 2, "b": 3}'))
     assert json.loads(reply.data) == {"total": 5}
     assert "Nats-Service-Error-Code" not in (reply.headers or {})
     assert reply.headers["X-Correlation-ID"]
@@ -124,7 +122,9 @@ def error_reply(url, subject, body):
         ("taken", b'{"id": 7, "name": "x"}', "409", "conflict"),
     ],
 )
-def test_each_error_kind_is_an_adr32_error(nats_server, calculator, endpoint, body, code, error_type):
+def test_each_error_kind_is_an_adr32_error(
+    nats_server, calculator, endpoint, body, code, error_type
+):
     headers, error = error_reply(nats_server.url, f"rpc.{calculator}.{endpoint}", body)
     assert headers["Nats-Service-Error-Code"] == code
     assert headers["Nats-Service-Error"] == error["message"]
@@ -212,10 +212,7 @@ def test_no_responders_when_no_instance_runs(nats_server):
 def test_async_callers_share_the_loop_connection(calculator):
     async def many():
         replies = await asyncio.gather(
-            *(
-                acall(f"{calculator}.add", {"a": i, "b": 1})
-                for i in range(20)
-            )
+            *(acall(f"{calculator}.add", {"a": i, "b": 1}) for i in range(20))
         )
         return [reply["total"] for reply in replies]
 

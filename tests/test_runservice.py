@@ -151,7 +151,10 @@ def test_reconnects_after_the_nats_server_restarts(runservice_process, tmp_path)
 def test_waits_for_nats_that_is_not_up_yet(runservice_process, tmp_path):
     server = NatsServer(store_dir=tmp_path / "nats")
     process = runservice_process(
-        "testservice", "--nats-url", f"nats://127.0.0.1:{server.port}", wait=False,
+        "testservice",
+        "--nats-url",
+        f"nats://127.0.0.1:{server.port}",
+        wait=False,
         **TEST_SETTINGS,
     )
     try:

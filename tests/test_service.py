@@ -1,7 +1,6 @@
 """The service model: decorators and what a Service class reads from its methods."""
 
 import pytest
-from pydantic import BaseModel
 
 from cliffracer_core import Service, event, rpc, timer
 from tests.models import Add, Happened, Total
@@ -97,5 +96,3 @@ def test_decorator_arguments_are_checked():
         timer(seconds=0)
     with pytest.raises(ValueError):
         event("has space")
-
-

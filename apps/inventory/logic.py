@@ -39,9 +39,7 @@ def quantities_by_sku(lines: Iterable[tuple[str, int]]) -> dict[str, int]:
 def stock_item_create(
     *, sku: str, name: str, price: Decimal | str, quantity_on_hand: int = 0
 ) -> StockItem:
-    item = StockItem(
-        sku=sku, name=name, price=Decimal(price), quantity_on_hand=quantity_on_hand
-    )
+    item = StockItem(sku=sku, name=name, price=Decimal(price), quantity_on_hand=quantity_on_hand)
     item.full_clean()
     item.save()
     return item
@@ -159,9 +157,7 @@ def _settle(order_reference: str, status: Reservation.Status) -> int:
             changes = {"quantity_reserved": F("quantity_reserved") - reservation.quantity}
             if status == Reservation.Status.COMMITTED:
                 changes["quantity_on_hand"] = F("quantity_on_hand") - reservation.quantity
-            StockItem.objects.filter(pk=reservation.stock_item_id).update(
-                **changes, updated_at=now
-            )
+            StockItem.objects.filter(pk=reservation.stock_item_id).update(**changes, updated_at=now)
         Reservation.objects.filter(pk__in=[reservation.pk for reservation in reservations]).update(
             status=status, updated_at=now
         )

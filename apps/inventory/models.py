@@ -41,9 +41,7 @@ class Reservation(models.Model):
         RELEASED = "released"
 
     order_reference = models.CharField(max_length=64, db_index=True)
-    stock_item = models.ForeignKey(
-        StockItem, on_delete=models.PROTECT, related_name="reservations"
-    )
+    stock_item = models.ForeignKey(StockItem, on_delete=models.PROTECT, related_name="reservations")
     quantity = models.PositiveIntegerField()
     unit_price = models.DecimalField(max_digits=10, decimal_places=2)
     status = models.CharField(max_length=16, choices=Status.choices, default=Status.RESERVED)

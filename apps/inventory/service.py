@@ -50,7 +50,9 @@ class InventoryService(Service):
     @rpc
     def get_stock(self, request: GetStock) -> StockLevels:
         """Stock levels of the given skus, or of every item."""
-        return StockLevels(items=[stock_level(item) for item in logic.stock_levels(skus=request.skus)])
+        return StockLevels(
+            items=[stock_level(item) for item in logic.stock_levels(skus=request.skus)]
+        )
 
     @event("orders.paid")
     def on_order_paid(self, order: OrderPaid) -> None:

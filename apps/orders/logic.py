@@ -15,7 +15,13 @@ from functools import partial
 
 from django.db import transaction
 
-from apps.inventory.schemas import ReleaseStock, ReservedLine, ReserveStock, StockLine, StockReserved
+from apps.inventory.schemas import (
+    ReleaseStock,
+    ReservedLine,
+    ReserveStock,
+    StockLine,
+    StockReserved,
+)
 from apps.orders.errors import InventoryUnavailable, OrderNotFound, OutOfStock, UnknownSku
 from apps.orders.models import Order, OrderLine
 from apps.orders.schemas import OrderCreated, OrderEvent, OrderPaid, OrderPaymentFailed

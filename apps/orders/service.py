@@ -28,7 +28,10 @@ class OrdersService(Service):
             payment_token=request.payment_token,
         )
         return OrderPlaced(
-            order_id=order.pk, order_reference=order.reference, status=order.status, total=order.total
+            order_id=order.pk,
+            order_reference=order.reference,
+            status=order.status,
+            total=order.total,
         )
 
     @rpc

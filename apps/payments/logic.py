@@ -56,7 +56,9 @@ def announce(payment: Payment) -> None:
     if payment.status == Payment.Status.COMPLETED:
         publish(
             "payments.completed",
-            PaymentCompleted(payment_id=payment.pk, order_id=payment.order_id, amount=payment.amount),
+            PaymentCompleted(
+                payment_id=payment.pk, order_id=payment.order_id, amount=payment.amount
+            ),
         )
     else:
         publish(

@@ -26,9 +26,9 @@ class RunningService:
 
     def start(self, timeout: float = 10.0) -> RunningService:
         self.thread.start()
-        asyncio.run_coroutine_threadsafe(
-            self.runner.start(connect_attempts=20), self.loop
-        ).result(timeout)
+        asyncio.run_coroutine_threadsafe(self.runner.start(connect_attempts=20), self.loop).result(
+            timeout
+        )
         return self
 
     def run(self, coroutine: Any, timeout: float = 30.0) -> Any:

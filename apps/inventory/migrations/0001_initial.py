@@ -5,44 +5,86 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     initial = True
 
-    dependencies = [
-    ]
+    dependencies = []
 
     operations = [
         migrations.CreateModel(
-            name='StockItem',
+            name="StockItem",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('sku', models.CharField(max_length=64, unique=True)),
-                ('name', models.CharField(max_length=200)),
-                ('price', models.DecimalField(decimal_places=2, max_digits=10)),
-                ('quantity_on_hand', models.PositiveIntegerField(default=0)),
-                ('quantity_reserved', models.PositiveIntegerField(default=0)),
-                ('updated_at', models.DateTimeField(auto_now=True)),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                ("sku", models.CharField(max_length=64, unique=True)),
+                ("name", models.CharField(max_length=200)),
+                ("price", models.DecimalField(decimal_places=2, max_digits=10)),
+                ("quantity_on_hand", models.PositiveIntegerField(default=0)),
+                ("quantity_reserved", models.PositiveIntegerField(default=0)),
+                ("updated_at", models.DateTimeField(auto_now=True)),
             ],
             options={
-                'ordering': ['sku'],
-                'constraints': [models.CheckConstraint(condition=models.Q(('quantity_reserved__lte', models.F('quantity_on_hand'))), name='inventory_stockitem_reserved_within_on_hand'), models.CheckConstraint(condition=models.Q(('price__gte', 0)), name='inventory_stockitem_price_not_negative')],
+                "ordering": ["sku"],
+                "constraints": [
+                    models.CheckConstraint(
+                        condition=models.Q(
+                            ("quantity_reserved__lte", models.F("quantity_on_hand"))
+                        ),
+                        name="inventory_stockitem_reserved_within_on_hand",
+                    ),
+                    models.CheckConstraint(
+                        condition=models.Q(("price__gte", 0)),
+                        name="inventory_stockitem_price_not_negative",
+                    ),
+                ],
             },
         ),
         migrations.CreateModel(
-            name='Reservation',
+            name="Reservation",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('order_reference', models.CharField(db_index=True, max_length=64)),
-                ('quantity', models.PositiveIntegerField()),
-                ('unit_price', models.DecimalField(decimal_places=2, max_digits=10)),
-                ('status', models.CharField(choices=[('reserved', 'Reserved'), ('committed', 'Committed'), ('released', 'Released')], default='reserved', max_length=16)),
-                ('created_at', models.DateTimeField(auto_now_add=True)),
-                ('updated_at', models.DateTimeField(auto_now=True)),
-                ('stock_item', models.ForeignKey(on_delete=django.db.models.deletion.PROTECT, related_name='reservations', to='inventory.stockitem')),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                ("order_reference", models.CharField(db_index=True, max_length=64)),
+                ("quantity", models.PositiveIntegerField()),
+                ("unit_price", models.DecimalField(decimal_places=2, max_digits=10)),
+                (
+                    "status",
+                    models.CharField(
+                        choices=[
+                            ("reserved", "Reserved"),
+                            ("committed", "Committed"),
+                            ("released", "Released"),
+                        ],
+                        default="reserved",
+                        max_length=16,
+                    ),
+                ),
+                ("created_at", models.DateTimeField(auto_now_add=True)),
+                ("updated_at", models.DateTimeField(auto_now=True)),
+                (
+                    "stock_item",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.PROTECT,
+                        related_name="reservations",
+                        to="inventory.stockitem",
+                    ),
+                ),
             ],
             options={
-                'ordering': ['-created_at', 'id'],
-                'constraints': [models.UniqueConstraint(fields=('order_reference', 'stock_item'), name='inventory_reservation_one_per_item_and_order')],
+                "ordering": ["-created_at", "id"],
+                "constraints": [
+                    models.UniqueConstraint(
+                        fields=("order_reference", "stock_item"),
+                        name="inventory_reservation_one_per_item_and_order",
+                    )
+                ],
             },
         ),
     ]

@@ -39,9 +39,9 @@ def test_stock_reserve_reserves_every_line_at_the_current_price(shelf):
         ("T-PEN", 2, Decimal("1.50")),
     ]
     assert levels("T-BOOK", "T-PEN") == {"T-BOOK": (5, 2), "T-PEN": (2, 2)}
-    assert set(Reservation.objects.filter(order_reference="o-1").values_list("status", flat=True)) == {
-        "reserved"
-    }
+    assert set(
+        Reservation.objects.filter(order_reference="o-1").values_list("status", flat=True)
+    ) == {"reserved"}
     assert StockItem.objects.get(sku="T-PEN").quantity_available == 0
 
 
@@ -89,9 +89,9 @@ def test_stock_commit_takes_reserved_stock_off_the_shelf_once(shelf):
     assert logic.stock_release(order_reference="o-1") == 0
 
     assert levels("T-BOOK", "T-PEN") == {"T-BOOK": (3, 0), "T-PEN": (1, 0)}
-    assert set(Reservation.objects.filter(order_reference="o-1").values_list("status", flat=True)) == {
-        "committed"
-    }
+    assert set(
+        Reservation.objects.filter(order_reference="o-1").values_list("status", flat=True)
+    ) == {"committed"}
 
 
 def test_stock_release_makes_reserved_stock_available_again_once(shelf):

@@ -4,27 +4,44 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     initial = True
 
-    dependencies = [
-    ]
+    dependencies = []
 
     operations = [
         migrations.CreateModel(
-            name='Notification',
+            name="Notification",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('customer_id', models.PositiveBigIntegerField(db_index=True)),
-                ('email', models.EmailField(max_length=254)),
-                ('order_id', models.PositiveBigIntegerField(db_index=True)),
-                ('kind', models.CharField(choices=[('order_created', 'Order created'), ('order_paid', 'Order paid'), ('payment_failed', 'Payment failed')], max_length=32)),
-                ('message', models.TextField()),
-                ('created_at', models.DateTimeField(auto_now_add=True)),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                ("customer_id", models.PositiveBigIntegerField(db_index=True)),
+                ("email", models.EmailField(max_length=254)),
+                ("order_id", models.PositiveBigIntegerField(db_index=True)),
+                (
+                    "kind",
+                    models.CharField(
+                        choices=[
+                            ("order_created", "Order created"),
+                            ("order_paid", "Order paid"),
+                            ("payment_failed", "Payment failed"),
+                        ],
+                        max_length=32,
+                    ),
+                ),
+                ("message", models.TextField()),
+                ("created_at", models.DateTimeField(auto_now_add=True)),
             ],
             options={
-                'ordering': ['-created_at', '-id'],
-                'constraints': [models.UniqueConstraint(fields=('order_id', 'kind'), name='notifications_one_per_order_and_kind')],
+                "ordering": ["-created_at", "-id"],
+                "constraints": [
+                    models.UniqueConstraint(
+                        fields=("order_id", "kind"), name="notifications_one_per_order_and_kind"
+                    )
+                ],
             },
         ),
     ]

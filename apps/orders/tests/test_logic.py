@@ -39,7 +39,9 @@ def test_order_create_stores_lines_and_their_total():
     order = logic.order_get(order_id=order.pk)
     assert order.status == Order.Status.PENDING_PAYMENT
     assert order.total == Decimal("24.05")
-    assert [(line.sku, line.name, line.quantity, line.line_total) for line in order.lines.all()] == [
+    assert [
+        (line.sku, line.name, line.quantity, line.line_total) for line in order.lines.all()
+    ] == [
         ("T-BOOK", "Book", 2, Decimal("20.00")),
         ("T-PEN", "Pen", 3, Decimal("4.05")),
     ]

@@ -69,7 +69,9 @@ def test_order_place_refused_for_short_stock_stores_nothing(inventory):
     assert raised.value.details == {"short": [{"sku": "P-PEN", "requested": 3, "available": 2}]}
     assert not Order.objects.exists()
     assert not Reservation.objects.exists()
-    assert set(StockItem.objects.filter(sku__startswith="P-").values_list("quantity_reserved", flat=True)) == {0}
+    assert set(
+        StockItem.objects.filter(sku__startswith="P-").values_list("quantity_reserved", flat=True)
+    ) == {0}
 
 
 def test_order_place_refused_for_an_unknown_sku(inventory):

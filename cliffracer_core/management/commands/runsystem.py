@@ -28,6 +28,7 @@ class Child:
     """A process started by runsystem, in a session of its own."""
 
     name: str
+    where: str
     process: subprocess.Popen
     reported: bool = False
 
@@ -63,7 +64,7 @@ class Command(BaseCommand):
             environment = {**os.environ, "NATS_URL": nats_url, "PYTHONUNBUFFERED": "1"}
             base_dir = Path(settings.BASE_DIR)
             for config in service_app_configs():
-                if getattr(config, "service_class", True) is None:
+                if config.service_class is None:
                     self.stdout.write(
                         self.style.WARNING(f"{config.name} declares no Service; not started.")
                     )
@@ -76,15 +77,24 @@ class Command(BaseCommand):
                     "--nats-url",
                     nats_url,
                 ]
-                children.append(self.spawn(config.label, command, environment, base_dir))
+                children.append(
+                    self.spawn(config.label, "runservice", command, environment, base_dir)
+                )
             if not children:
                 self.stdout.write("No service apps are installed; running NATS and web only.")
             module, attribute = settings.ASGI_APPLICATION.rsplit(".", 1)
             daphne = [sys.executable, "-m", "daphne", "-b", host, "-p", str(port)]
+            web_url = f"http://{host}:{port}/"
             children.append(
-                self.spawn("web", [*daphne, f"{module}:{attribute}"], environment, base_dir)
+                self.spawn(
+                    "web",
+                    f"{web_url}  admin: {web_url}admin/",
+                    [*daphne, f"{module}:{attribute}"],
+                    environment,
+                    base_dir,
+                )
             )
-            self.print_table(nats_server, nats_url, children, f"http://{host}:{port}/")
+            self.print_table(nats_server, nats_url, children)
             failed = self.supervise(nats_server, children)
         finally:
             self.stop_all(children, nats_server)
@@ -125,7 +135,12 @@ class Command(BaseCommand):
         return server, server.url
 
     def spawn(
-        self, name: str, command: list[str], environment: dict[str, str], directory: Path
+        self,
+        name: str,
+        where: str,
+        command: list[str],
+        environment: dict[str, str],
+        directory: Path,
     ) -> Child:
         # A session of its own: a terminal Ctrl-C reaches only runsystem, which then stops the
         # children in order.
@@ -133,17 +148,15 @@ class Command(BaseCommand):
             command, cwd=directory, env=environment, stdin=subprocess.DEVNULL,
             start_new_session=True,
         )  # fmt: skip
-        return Child(name, process)
+        return Child(name, where, process)
 
     def print_table(
-        self, nats_server: NatsServer | None, nats_url: str, children: list[Child], web_url: str
+        self, nats_server: NatsServer | None, nats_url: str, children: list[Child]
     ) -> None:
         origin = "embedded" if nats_server else "external"
         nats_pid = str(nats_server.pid) if nats_server and nats_server.pid else "-"
         rows = [("NATS", nats_pid, f"{nats_url} ({origin})")]
-        for child in children:
-            where = f"{web_url}  admin: {web_url}admin/" if child.name == "web" else "runservice"
-            rows.append((child.name, str(child.process.pid), where))
+        rows += [(child.name, str(child.process.pid), child.where) for child in children]
         width = max(len(row[0]) for row in rows)
         lines = [f"  {'part':<{width}}  {'pid':>7}  where"]
         lines += [f"  {name:<{width}}  {pid:>7}  {where}" for name, pid, where in rows]
