@@ -9,7 +9,7 @@ The public API::
 
 from cliffracer_core.apps import ServiceAppConfig
 from cliffracer_core.client import acall, apublish, call, publish
-from cliffracer_core.context import get_correlation_id
+from cliffracer_core.context import get_correlation_id, get_subject
 from cliffracer_core.errors import (
     BadRequest,
     Conflict,
@@ -19,6 +19,7 @@ from cliffracer_core.errors import (
     NotFound,
     PermissionDenied,
     RemoteError,
+    RemoteUnavailable,
     RpcTimeout,
     ServiceError,
     Unavailable,
@@ -37,6 +38,7 @@ __all__ = [
     "NotFound",
     "PermissionDenied",
     "RemoteError",
+    "RemoteUnavailable",
     "RpcTimeout",
     "Service",
     "ServiceAppConfig",
@@ -49,6 +51,7 @@ __all__ = [
     "call",
     "event",
     "get_correlation_id",
+    "get_subject",
     "publish",
     "rpc",
     "timer",

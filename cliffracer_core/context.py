@@ -15,6 +15,17 @@ current_headers: contextvars.ContextVar[Mapping[str, str] | None] = contextvars.
 )
 
 
+# The subject of the message being handled (useful to an ``@event("orders.*")`` handler).
+current_subject: contextvars.ContextVar[str | None] = contextvars.ContextVar(
+    "cliffracer_current_subject", default=None
+)
+
+
+def get_subject() -> str | None:
+    """Return the subject of the message being handled, if any."""
+    return current_subject.get()
+
+
 def new_correlation_id() -> str:
     return uuid.uuid4().hex
 

@@ -17,10 +17,27 @@ class ServiceError(Exception):
     type: ClassVar[str] = "service_error"
     default_message: ClassVar[str] = "The service could not complete the request."
 
-    def __init__(self, message: str | None = None, *, details: Any = None) -> None:
+    def __init__(
+        self,
+        message: str | None = None,
+        *,
+        details: Any = None,
+        code: int | None = None,
+        type: str | None = None,
+    ) -> None:
         self.message = message or self.default_message
         self.details = details
+        # An instance may carry its own code and type, e.g. to pass a remote error through.
+        if code is not None:
+            self.code = code  # type: ignore[misc]
+        if type is not None:
+            self.type = type  # type: ignore[misc]
         super().__init__(self.message)
+
+    @classmethod
+    def from_remote(cls, error: RemoteError) -> ServiceError:
+        """Pass an error another service replied with on to this handler's caller."""
+        return cls(error.message, details=error.details, code=error.code, type=error.type)
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -167,10 +184,14 @@ class RpcTimeout(RemoteError):
     code = 408
 
 
-class NoResponders(RemoteError):
-    """No instance of the service is listening on the subject."""
+class RemoteUnavailable(RemoteError):
+    """The service said it cannot serve the request now (503)."""
 
     code = 503
+
+
+class NoResponders(RemoteUnavailable):
+    """No instance of the service is listening on the subject."""
 
 
 REMOTE_ERRORS_BY_CODE: dict[int, type[RemoteError]] = {
@@ -182,7 +203,7 @@ REMOTE_ERRORS_BY_CODE: dict[int, type[RemoteError]] = {
     409: RemoteConflict,
     413: ValidationFailed,
     422: ValidationFailed,
-    503: NoResponders,
+    503: RemoteUnavailable,
 }
 
 

@@ -24,7 +24,7 @@ from pydantic import BaseModel, ValidationError
 from cliffracer_core import client as client_module
 from cliffracer_core import codec, discovery
 from cliffracer_core.connection import connect, forget_connection, redact, set_connection
-from cliffracer_core.context import current_headers, new_correlation_id
+from cliffracer_core.context import current_headers, current_subject, new_correlation_id
 from cliffracer_core.db import (
     MessageState,
     aclose_old_connections,
@@ -277,6 +277,7 @@ class ServiceRunner:
         correlation_id = values.get(CORRELATION_ID) or new_correlation_id()
         values[CORRELATION_ID] = correlation_id
         current_headers.set(values)
+        current_subject.set(message.subject)
         name = message.subject[len(self.prefix) :]
         rpc = self.rpcs.get(name)
         error: ServiceError | None = None
@@ -341,6 +342,7 @@ class ServiceRunner:
         correlation_id = values.get(CORRELATION_ID) or new_correlation_id()
         values[CORRELATION_ID] = correlation_id
         current_headers.set(values)
+        current_subject.set(message.subject)
         try:
             payload = parse_request(event.model, message.data)
             await self._invoke_handler(event.attribute, event.is_async, payload)

@@ -124,8 +124,11 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     }.items():
         DATABASES["default"].setdefault("OPTIONS", {}).setdefault(option, value)
     # An on-disk test database (not :memory:), so service subprocesses started by the tests
-    # open the same database as the test process.
-    DATABASES["default"].setdefault("TEST", {}).setdefault("NAME", str(VAR_DIR / "test.sqlite3"))
+    # open the same database as the test process; one per test run, so that two runs in one
+    # checkout do not share it.
+    DATABASES["default"].setdefault("TEST", {}).setdefault(
+        "NAME", str(VAR_DIR / f"test-{os.getpid()}.sqlite3")
+    )
 
 AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},

@@ -3,7 +3,7 @@
 import threading
 import time
 
-from cliffracer_core import Service, call, event, publish, rpc
+from cliffracer_core import Service, call, event, get_subject, publish, rpc
 from tests.models import Happened, Tagged, Wait
 
 
@@ -23,6 +23,7 @@ def make_service(service_name: str, subject: str) -> type[Service]:
         def __init__(self) -> None:
             self.shared: list[Happened] = []
             self.everyone: list[Happened] = []
+            self.subjects: list[str | None] = []
             self.lock = threading.Lock()
 
         @rpc
@@ -32,6 +33,7 @@ def make_service(service_name: str, subject: str) -> type[Service]:
         @event(f"{subject}.*")
         async def on_shared(self, happened: Happened) -> None:
             self.shared.append(happened)
+            self.subjects.append(get_subject())
 
         @event(f"{subject}.>", broadcast=True)
         def on_everyone(self, happened: Happened) -> None:
@@ -85,6 +87,7 @@ def test_wildcards_match_as_nats_does(start_service, unique_name):
     assert wait_until(lambda: len(service.everyone) == 2)
     assert wait_until(lambda: len(service.shared) == 1)
     assert service.shared[0].what == "single token"
+    assert service.subjects == [f"{subject}.one"]
 
 
 def test_a_bad_event_is_logged_and_the_service_keeps_going(start_service, unique_name, caplog):

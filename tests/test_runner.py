@@ -12,13 +12,20 @@ from cliffracer_core import (
     NotFound,
     RemoteError,
     Service,
+    ServiceError,
+    Unavailable,
     ValidationFailed,
     acall,
     call,
     get_correlation_id,
     rpc,
 )
-from cliffracer_core.errors import NoResponders, RemoteConflict, RemoteNotFound
+from cliffracer_core.errors import (
+    NoResponders,
+    RemoteConflict,
+    RemoteNotFound,
+    RemoteUnavailable,
+)
 from cliffracer_core.testing.plugin import run_async
 from tests.models import Add, Item, Tagged, Total, Wait
 
@@ -54,6 +61,18 @@ def make_service(service_name: str) -> type[Service]:
         @rpc
         async def taken(self, request: Item) -> Item:
             raise Conflict("Name taken.", details={"name": request.name})
+
+        @rpc
+        async def unavailable(self, request: Add) -> Total:
+            raise Unavailable("Down for maintenance.")
+
+        @rpc
+        async def pass_through(self, request: Item) -> Item:
+            # An error another service replied with, passed on to this caller unchanged.
+            try:
+                return await self.call(f"{service_name}.taken", request, reply=Item)
+            except RemoteError as error:
+                raise ServiceError.from_remote(error) from None
 
         @rpc
         async def wrong_reply(self, request: Add) -> Total:
@@ -217,3 +236,16 @@ def test_async_callers_share_the_loop_connection(calculator):
         return [reply["total"] for reply in replies]
 
     assert run_async(many()) == [i + 1 for i in range(20)]
+
+
+def test_a_deliberate_503_is_not_mistaken_for_no_responders(calculator):
+    with pytest.raises(RemoteUnavailable) as raised:
+        call(f"{calculator}.unavailable", {"a": 1, "b": 1})
+    assert not isinstance(raised.value, NoResponders)
+    assert raised.value.message == "Down for maintenance."
+
+
+def test_a_remote_error_can_be_passed_through(calculator):
+    with pytest.raises(RemoteConflict) as raised:
+        call(f"{calculator}.pass_through", {"id": 1, "name": "bolt"})
+    assert (raised.value.type, raised.value.details) == ("conflict", {"name": "bolt"})
