@@ -190,7 +190,9 @@ async def load(
 
         async def call(number: int) -> bool:
             reply = await acall(
-                TARGET, EchoRequest(**request_fields(number)), reply=EchoReply,
+                TARGET,
+                EchoRequest(**request_fields(number)),
+                reply=EchoReply,
                 timeout=REQUEST_TIMEOUT,
             )
             return reply.id == number
@@ -230,7 +232,9 @@ async def load(
         await asyncio.sleep(max(0.0, (window_end - clock()) / 1e9))
         after = {name: cpu_seconds(pid) for name, pid in watched.items()}
         return {
-            name: None if before[name] is None or after[name] is None else after[name] - before[name]
+            name: None
+            if before[name] is None or after[name] is None
+            else after[name] - before[name]
             for name in watched
         }
 
@@ -363,13 +367,23 @@ class Children:
     def start(self, role: str, *options: str) -> tuple[subprocess.Popen[str], Path]:
         log = self.log_dir / f"{role}-{len(self.processes)}.log"
         command = [
-            sys.executable, str(Path(__file__).resolve()), "--role", role,
-            "--parent-pid", str(os.getpid()), *options,
+            sys.executable,
+            str(Path(__file__).resolve()),
+            "--role",
+            role,
+            "--parent-pid",
+            str(os.getpid()),
+            *options,
         ]
         with log.open("w") as stderr:
             process = subprocess.Popen(
-                command, cwd=ROOT, env=self.environment, stdin=subprocess.DEVNULL,
-                stdout=subprocess.PIPE, stderr=stderr, text=True,
+                command,
+                cwd=ROOT,
+                env=self.environment,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=stderr,
+                text=True,
                 # A terminal Ctrl-C reaches only the orchestrator, which then stops the children.
                 start_new_session=True,
             )
@@ -418,8 +432,15 @@ def run_load(
 ) -> dict[str, Any]:
     role = "raw-requester" if kind == "raw" else "cliffracer-requester"
     process, log = children.start(
-        role, "--concurrency", str(concurrency), "--seconds", str(args.seconds),
-        "--warmup", str(args.warmup), "--watch", watch,
+        role,
+        "--concurrency",
+        str(concurrency),
+        "--seconds",
+        str(args.seconds),
+        "--warmup",
+        str(args.warmup),
+        "--watch",
+        watch,
     )
     try:
         output, _ = process.communicate(timeout=args.warmup + args.seconds + 60)

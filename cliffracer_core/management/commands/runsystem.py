@@ -18,6 +18,7 @@ from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from cliffracer_core.apps import service_app_configs
+from cliffracer_core.connection import redact
 from cliffracer_core.embedded import DEFAULT_PORT, NatsServer, is_reachable, port_is_free
 
 STOP_TIMEOUT = 15.0
@@ -111,11 +112,12 @@ class Command(BaseCommand):
         configured = os.environ.get("NATS_URL")
         if configured:
             if is_reachable(configured):
-                self.stdout.write(f"Using the NATS server at {configured} (NATS_URL).")
+                self.stdout.write(f"Using the NATS server at {redact(configured)} (NATS_URL).")
                 return None, configured
             self.stdout.write(
                 self.style.WARNING(
-                    f"NATS_URL={configured} does not answer; starting the embedded nats-server."
+                    f"NATS_URL={redact(configured)} does not answer; starting the embedded "
+                    "nats-server."
                 )
             )
         var_dir = Path(getattr(settings, "VAR_DIR", Path(settings.BASE_DIR) / "var"))
