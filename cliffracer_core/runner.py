@@ -274,7 +274,8 @@ class ServiceRunner:
         values = (
             {name: received[name] for name in PROPAGATED if name in received} if received else {}
         )
-        correlation_id = values.get(CORRELATION_ID) or new_correlation_id()
+        caller_correlation_id = values.get(CORRELATION_ID)
+        correlation_id = caller_correlation_id or new_correlation_id()
         values[CORRELATION_ID] = correlation_id
         current_headers.set(values)
         current_subject.set(message.subject)
@@ -309,7 +310,11 @@ class ServiceRunner:
             self.unknown_requests += 1
         if not message.reply:
             return
-        reply_headers = {CORRELATION_ID: correlation_id}
+        # A caller that sent a correlation id knows it, and a reply without headers is cheaper
+        # to encode and to parse; error replies, and callers that sent none, get it back.
+        reply_headers: dict[str, str] | None = (
+            None if caller_correlation_id and error is None else {CORRELATION_ID: correlation_id}
+        )
         if error is not None:
             if error.code < 500:
                 logger.info(
@@ -321,7 +326,7 @@ class ServiceRunner:
                     correlation_id,
                 )
             body, extra = codec.encode_error(error)
-            reply_headers.update(extra)
+            reply_headers.update(extra)  # type: ignore[union-attr]
         try:
             await self.connection.publish(message.reply, body, headers=reply_headers)  # type: ignore[union-attr]
         except Exception:  # noqa: BLE001  (a reply lost to a dropped connection is logged)

@@ -112,7 +112,19 @@ def test_reply_is_the_plain_json_of_the_reply_model(nats_server, calculator):
     reply = run_async(raw_request(nats_server.url, f"rpc.{calculator}.add", b'{"a": 2, "b": 3}'))
     assert json.loads(reply.data) == {"total": 5}
     assert "Nats-Service-Error-Code" not in (reply.headers or {})
+    # The service made a correlation id for a caller that sent none, and says which.
     assert reply.headers["X-Correlation-ID"]
+
+
+def test_a_caller_that_sent_a_correlation_id_gets_a_bare_reply(nats_server, calculator):
+    headers = {"X-Correlation-ID": "known-to-caller"}
+    reply = run_async(
+        raw_request(nats_server.url, f"rpc.{calculator}.add", b'{"a": 2, "b": 3}', headers)
+    )
+    assert json.loads(reply.data) == {"total": 5}
+    assert not reply.headers
+    error = run_async(raw_request(nats_server.url, f"rpc.{calculator}.add", b"{}", headers))
+    assert error.headers["X-Correlation-ID"] == "known-to-caller"
 
 
 def test_typed_and_untyped_calls(calculator):

@@ -12,6 +12,7 @@ import nats
 import pytest
 
 from cliffracer_core import NoResponders, call
+from cliffracer_core.connection import connect
 from cliffracer_core.embedded import NatsServer
 from cliffracer_core.testing.plugin import project_root, run_async
 
@@ -45,7 +46,7 @@ def test_app_that_is_not_a_service_is_a_one_line_error(nats_server):
 
 
 async def send_sleeps(url: str, count: int, seconds: float) -> list:
-    connection = await nats.connect(url)
+    connection = await connect(url)
     try:
         return await asyncio.gather(
             *(
