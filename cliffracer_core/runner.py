@@ -41,10 +41,14 @@ from cliffracer_core.errors import (
     UnknownEndpoint,
 )
 from cliffracer_core.headers import CORRELATION_ID, PROPAGATED
+from cliffracer_core.log import current_endpoint, current_service
 from cliffracer_core.service import Event, Rpc, Service, Timer
 from cliffracer_core.settings import cliffracer_settings
 
 logger = logging.getLogger("cliffracer.runner")
+# One line per RPC, event and timer run, with duration and outcome; an operator can silence
+# or route it apart from the rest, as web servers do with their access logs.
+access_logger = logging.getLogger("cliffracer.access")
 
 # How often idle database connections of async handlers are checked (seconds).
 DATABASE_SWEEP_INTERVAL = 5.0
@@ -108,6 +112,9 @@ class ServiceRunner:
     async def start(self, *, connect_attempts: int = 0) -> None:
         """Connect (retrying while NATS is not up), subscribe and start timers."""
         self.loop = asyncio.get_running_loop()
+        # Everything started from here on (the connection's tasks, handlers, timers) inherits
+        # this, so each log line says which service and instance wrote it.
+        current_service.set((self.name, self.identity.id))
         self.slots = asyncio.Semaphore(self.concurrency)
         self.stopping = asyncio.Event()
         self.connection = await self._connect(connect_attempts)
@@ -280,6 +287,7 @@ class ServiceRunner:
         current_headers.set(values)
         current_subject.set(message.subject)
         name = message.subject[len(self.prefix) :]
+        current_endpoint.set(name)
         rpc = self.rpcs.get(name)
         error: ServiceError | None = None
         body = b""
@@ -297,9 +305,7 @@ class ServiceRunner:
         except ServiceError as raised:
             error = raised
         except Exception:
-            logger.exception(
-                "Unhandled error in %s.%s [correlation_id=%s]", self.name, name, correlation_id
-            )
+            logger.exception("Unhandled error in %s.%s", self.name, name)
             error = InternalError()
         elapsed = time.perf_counter_ns() - started
         if rpc is not None:
@@ -308,6 +314,9 @@ class ServiceRunner:
             )
         else:
             self.unknown_requests += 1
+        self._log_access(
+            "rpc", name, "ok" if error is None else f"{error.code} {error.type}", started
+        )
         if not message.reply:
             return
         # A caller that sent a correlation id knows it, and a reply without headers is cheaper
@@ -316,15 +325,6 @@ class ServiceRunner:
             None if caller_correlation_id and error is None else {CORRELATION_ID: correlation_id}
         )
         if error is not None:
-            if error.code < 500:
-                logger.info(
-                    "%s.%s answered %d %s [correlation_id=%s]",
-                    self.name,
-                    name,
-                    error.code,
-                    error.type,
-                    correlation_id,
-                )
             body, extra = codec.encode_error(error)
             reply_headers.update(extra)  # type: ignore[union-attr]
         try:
@@ -340,37 +340,37 @@ class ServiceRunner:
 
     async def handle_event(self, event: Event, message: Msg) -> None:
         """Run one event handler; failures are logged and counted, never raised."""
+        started = time.perf_counter_ns()
         received = message.headers
         values = (
             {name: received[name] for name in PROPAGATED if name in received} if received else {}
         )
-        correlation_id = values.get(CORRELATION_ID) or new_correlation_id()
-        values[CORRELATION_ID] = correlation_id
+        values[CORRELATION_ID] = values.get(CORRELATION_ID) or new_correlation_id()
         current_headers.set(values)
         current_subject.set(message.subject)
+        current_endpoint.set(event.attribute)
+        outcome = "ok"
         try:
             payload = parse_request(event.model, message.data)
             await self._invoke_handler(event.attribute, event.is_async, payload)
             self.events_handled += 1
         except ServiceError as error:
             self.events_failed += 1
+            outcome = f"{error.code} {error.type}"
             logger.warning(
-                "Event on %s rejected by %s.%s: %s [correlation_id=%s]",
+                "Event on %s rejected by %s.%s: %s",
                 message.subject,
                 self.name,
                 event.attribute,
                 error,
-                correlation_id,
             )
         except Exception:
             self.events_failed += 1
+            outcome = "500 internal_error"
             logger.exception(
-                "Event handler %s.%s failed on %s [correlation_id=%s]",
-                self.name,
-                event.attribute,
-                message.subject,
-                correlation_id,
+                "Event handler %s.%s failed on %s", self.name, event.attribute, message.subject
             )
+        self._log_access("event", event.attribute, outcome, started, subject=message.subject)
 
     async def _invoke_handler(self, attribute: str, is_async: bool, argument: Any) -> Any:
         handler = getattr(self.service, attribute)
@@ -412,15 +412,42 @@ class ServiceRunner:
                 next_run += ((now - next_run) // interval + 1) * interval
 
     async def _timer_tick(self, timer: Timer) -> None:
-        correlation_id = new_correlation_id()
-        current_headers.set({CORRELATION_ID: correlation_id})
+        started = time.perf_counter_ns()
+        # A timer tick is an edge: it starts a new chain of calls and events.
+        current_headers.set({CORRELATION_ID: new_correlation_id()})
+        current_endpoint.set(timer.attribute)
+        outcome = "ok"
         try:
             await self._invoke_handler(timer.attribute, timer.is_async, _NO_ARGUMENT)
             self.timer_runs += 1
         except Exception:
             self.timer_failures += 1
-            logger.exception(
-                "Timer %s.%s failed [correlation_id=%s]", self.name, timer.attribute, correlation_id
+            outcome = "500 internal_error"
+            logger.exception("Timer %s.%s failed", self.name, timer.attribute)
+        self._log_access("timer", timer.attribute, outcome, started)
+
+    def _log_access(
+        self, kind: str, name: str, outcome: str, started: int, *, subject: str | None = None
+    ) -> None:
+        if not access_logger.isEnabledFor(logging.INFO):
+            return
+        elapsed_ms = (time.perf_counter_ns() - started) / 1e6
+        extra: dict[str, Any] = {"duration_ms": round(elapsed_ms, 3), "outcome": outcome}
+        if subject is None:
+            access_logger.info(
+                "%s %s.%s %s in %.2f ms", kind, self.name, name, outcome, elapsed_ms, extra=extra
+            )
+        else:
+            extra["subject"] = subject
+            access_logger.info(
+                "%s %s on %s by %s.%s in %.2f ms",
+                kind,
+                outcome,
+                subject,
+                self.name,
+                name,
+                elapsed_ms,
+                extra=extra,
             )
 
     async def _sweep_database_connections(self) -> None:

@@ -79,6 +79,7 @@ INSTALLED_APPS = [
 ]
 
 MIDDLEWARE = [
+    "cliffracer_core.middleware.CorrelationIdMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
@@ -153,20 +154,33 @@ CLIFFRACER = {
 }
 
 LOG_LEVEL = os.environ.get("LOG_LEVEL", "INFO").upper()
+# "console" (one readable line per record) or "json" (one JSON object per line).
+LOG_FORMAT = os.environ.get("LOG_FORMAT", "console").lower()
 
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
+    "filters": {
+        # Adds service, instance, endpoint and correlation id to every record.
+        "context": {"()": "cliffracer_core.log.ContextFilter"},
+    },
     "formatters": {
-        "plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"},
+        "console": {"()": "cliffracer_core.log.ConsoleFormatter"},
+        "json": {"()": "cliffracer_core.log.JsonFormatter"},
     },
     "handlers": {
-        "console": {"class": "logging.StreamHandler", "formatter": "plain"},
+        "console": {
+            "class": "logging.StreamHandler",
+            "formatter": "json" if LOG_FORMAT == "json" else "console",
+            "filters": ["context"],
+        },
     },
     "root": {"handlers": ["console"], "level": LOG_LEVEL},
     "loggers": {
         # Replaces Django's own console handler, which would print every record twice.
         "django": {"handlers": ["console"], "level": LOG_LEVEL, "propagate": False},
         "cliffracer": {"level": LOG_LEVEL},
+        # One line per RPC, event and timer run; set to WARNING to silence.
+        "cliffracer.access": {"level": os.environ.get("ACCESS_LOG_LEVEL", LOG_LEVEL).upper()},
     },
 }

@@ -186,3 +186,41 @@ def test_get_order_of_a_missing_order_is_not_found(services):
         call("orders.get_order", {"order_id": 424242})
 
     assert (raised.value.code, raised.value.type) == (404, "order_not_found")
+
+
+def test_one_order_leaves_one_correlation_id_in_every_service(services):
+    correlation_id = f"order-trail-{time.monotonic_ns()}"
+    reply = call(
+        "orders.create_order",
+        {
+            "customer_id": 77,
+            "customer_email": "trail@example.com",
+            "lines": [{"sku": "FLOW-TEE", "quantity": 1}],
+            "payment_token": "tok_visa",
+        },
+        headers={"X-Correlation-ID": correlation_id},
+    )
+    wait_for(
+        lambda: (
+            notification_kinds(reply["order_id"]) >= {"order_created", "order_paid"}
+            and Reservation.objects.filter(status="committed").exists()
+        ),
+        "the order to be paid and its stock committed",
+        services,
+    )
+
+    def trail(process) -> list[str]:
+        return [line for line in process.output().splitlines() if correlation_id in line]
+
+    wait_for(
+        lambda: all(trail(process) for process in services), "a log line in every service", services
+    )
+    lines = {process.label: "\n".join(trail(process)) for process in services}
+    assert "rpc orders.create_order ok" in lines["orders"]
+    assert "rpc inventory.reserve_stock ok" in lines["inventory"]
+    assert "event ok on orders.paid by inventory" in lines["inventory"]
+    assert "event ok on orders.created by payments" in lines["payments"]
+    assert "event ok on orders.paid by notifications" in lines["notifications"]
+    # Each line names the service that wrote it.
+    for label, text in lines.items():
+        assert all(f" {label}/" in line for line in text.splitlines()), text

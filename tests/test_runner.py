@@ -26,6 +26,7 @@ from cliffracer_core.errors import (
     RemoteNotFound,
     RemoteUnavailable,
 )
+from cliffracer_core.log import ContextFilter
 from cliffracer_core.testing.plugin import run_async
 from tests.models import Add, Item, Tagged, Total, Wait
 
@@ -187,6 +188,7 @@ def test_deliberate_errors_carry_message_and_details(calculator):
 
 def test_unexpected_exception_stays_in_the_log(nats_server, calculator, caplog):
     caplog.set_level(logging.ERROR, logger="cliffracer")
+    caplog.handler.addFilter(ContextFilter())
     headers = {"X-Correlation-ID": "corr-explode-1"}
     reply = run_async(
         raw_request(nats_server.url, f"rpc.{calculator}.explode", b'{"a":1,"b":1}', headers)
@@ -194,7 +196,7 @@ def test_unexpected_exception_stays_in_the_log(nats_server, calculator, caplog):
     assert b"hunter2" not in reply.data and b"Traceback" not in reply.data
     assert "hunter2" not in json.dumps(dict(reply.headers))
     assert json.loads(reply.data)["error"]["message"] == "The service failed to handle the request."
-    logged = [record for record in caplog.records if "corr-explode-1" in record.getMessage()]
+    logged = [r for r in caplog.records if getattr(r, "correlation_id", None) == "corr-explode-1"]
     assert len(logged) == 1
     assert logged[0].exc_info is not None
     assert "hunter2" in str(logged[0].exc_info[1])
