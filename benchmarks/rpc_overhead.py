@@ -474,7 +474,8 @@ def orchestrate(args: argparse.Namespace) -> int:
         )
     print(
         f"{args.seconds:g} s per run after {args.warmup:g} s warm-up, {args.repeats} repeat(s), "
-        f"concurrency 1 and {HIGH_CONCURRENCY}; payload {json.dumps(request_fields(1))}"
+        f"concurrency 1 and {HIGH_CONCURRENCY}; service LOG_LEVEL {args.log_level}; "
+        f"payload {json.dumps(request_fields(1))}"
     )
     cells = {
         (kind, concurrency): Figures(kind, concurrency)
@@ -490,7 +491,9 @@ def orchestrate(args: argparse.Namespace) -> int:
         environment.update(
             NATS_URL=server.url,
             DJANGO_SETTINGS_MODULE="settings.settings",
-            LOG_LEVEL="WARNING",
+            # The service's log level: WARNING leaves out the one access line per request
+            # (cliffracer.access, INFO); --log-level INFO measures with it written.
+            LOG_LEVEL=args.log_level,
             PYTHONUNBUFFERED="1",
         )
         children = Children(Path(directory), environment)
@@ -569,6 +572,11 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=5.0, help="measured seconds per run")
     parser.add_argument("--warmup", type=float, default=1.0, help="warm-up seconds per run")
     parser.add_argument("--repeats", type=int, default=1, help="times to run the four cells")
+    parser.add_argument(
+        "--log-level",
+        default="WARNING",
+        help="the Cliffracer service's LOG_LEVEL (INFO writes one access line per request)",
+    )
     parser.add_argument("--role", help=argparse.SUPPRESS)
     parser.add_argument("--parent-pid", type=int, default=0, help=argparse.SUPPRESS)
     parser.add_argument("--concurrency", type=int, default=1, help=argparse.SUPPRESS)

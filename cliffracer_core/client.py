@@ -18,15 +18,27 @@ from nats.aio.client import Client as NatsClient
 from pydantic import BaseModel, ValidationError
 
 from cliffracer_core import codec
-from cliffracer_core.connection import get_connection
+from cliffracer_core.connection import get_connection, redact
 from cliffracer_core.context import outgoing_headers
-from cliffracer_core.errors import NoResponders, RpcTimeout, remote_error
+from cliffracer_core.errors import NoResponders, RemoteUnavailable, RpcTimeout, remote_error
 from cliffracer_core.headers import CORRELATION_ID, ERROR_CODE
 from cliffracer_core.settings import cliffracer_settings
 
 
 class SynchronousCallError(RuntimeError):
     """A sync client function was called from a running event loop."""
+
+
+async def shared_connection() -> NatsClient:
+    """This loop's connection; NATS being unreachable is a 503 error like any other."""
+    try:
+        return await get_connection()
+    except (OSError, nats.errors.Error, TimeoutError) as error:
+        raise RemoteUnavailable(
+            f"NATS is not reachable at {redact(str(cliffracer_settings.NATS_URL))} "
+            f"({type(error).__name__}).",
+            type="nats_unavailable",
+        ) from None
 
 
 def rpc_subject(target: str) -> str:
@@ -54,7 +66,7 @@ async def acall[Reply: BaseModel](
     """
     subject = rpc_subject(target)
     message_headers = outgoing_headers(headers)
-    client = connection or await get_connection()
+    client = connection or await shared_connection()
     wait = timeout if timeout is not None else cliffracer_settings.RPC_TIMEOUT
     try:
         message = await client.request(
@@ -102,7 +114,7 @@ async def apublish(
     connection: NatsClient | None = None,
 ) -> None:
     """Publish an event (a model or a plain dict) on ``subject``."""
-    client = connection or await get_connection()
+    client = connection or await shared_connection()
     await client.publish(subject, codec.encode(data), headers=outgoing_headers(headers))
 
 

@@ -25,6 +25,10 @@ _locks: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Lock] = (
 )
 
 
+# Attempts a shared client connection makes to (re)connect before it gives up.
+CLIENT_RECONNECT_ATTEMPTS = 3
+
+
 def connection_name(role: str) -> str:
     return f"{cliffracer_settings.CONNECTION_NAME}:{role}@{socket.gethostname()}:{os.getpid()}"
 
@@ -98,7 +102,9 @@ async def get_connection() -> NatsClient:
     async with lock:
         client = _connections.get(loop)
         if client is None or client.is_closed:
-            client = await connect()
+            # A caller should hear at once that NATS is down, not wait forever; a connection
+            # that gives up after an outage is replaced by the next call.
+            client = await connect(role="client", max_reconnect_attempts=CLIENT_RECONNECT_ATTEMPTS)
             _connections[loop] = client
         return client
 

@@ -101,6 +101,8 @@ class ServiceRunner:
         self.subscriptions: list[Subscription] = []
         self.control_subscriptions: list[Subscription] = []
         self.in_flight: set[asyncio.Task[Any]] = set()
+        # What each in-flight task handles (kind, name, correlation id, start), for inspection.
+        self.handling: dict[asyncio.Task[Any], tuple[str, str, str, float]] = {}
         self.background: list[asyncio.Task[Any]] = []
         self.slots: asyncio.Semaphore | None = None
         self.loop: asyncio.AbstractEventLoop | None = None
@@ -247,6 +249,7 @@ class ServiceRunner:
 
     def _finished(self, task: asyncio.Task[Any]) -> None:
         self.in_flight.discard(task)
+        self.handling.pop(task, None)
         self.slots.release()  # type: ignore[union-attr]
 
     async def on_request(self, message: Msg) -> None:
@@ -288,6 +291,7 @@ class ServiceRunner:
         current_subject.set(message.subject)
         name = message.subject[len(self.prefix) :]
         current_endpoint.set(name)
+        self._track("rpc", name, correlation_id)
         rpc = self.rpcs.get(name)
         error: ServiceError | None = None
         body = b""
@@ -349,6 +353,7 @@ class ServiceRunner:
         current_headers.set(values)
         current_subject.set(message.subject)
         current_endpoint.set(event.attribute)
+        self._track("event", event.attribute, values[CORRELATION_ID])
         outcome = "ok"
         try:
             payload = parse_request(event.model, message.data)
@@ -414,8 +419,10 @@ class ServiceRunner:
     async def _timer_tick(self, timer: Timer) -> None:
         started = time.perf_counter_ns()
         # A timer tick is an edge: it starts a new chain of calls and events.
-        current_headers.set({CORRELATION_ID: new_correlation_id()})
+        correlation_id = new_correlation_id()
+        current_headers.set({CORRELATION_ID: correlation_id})
         current_endpoint.set(timer.attribute)
+        self._track("timer", timer.attribute, correlation_id)
         outcome = "ok"
         try:
             await self._invoke_handler(timer.attribute, timer.is_async, _NO_ARGUMENT)
@@ -425,6 +432,15 @@ class ServiceRunner:
             outcome = "500 internal_error"
             logger.exception("Timer %s.%s failed", self.name, timer.attribute)
         self._log_access("timer", timer.attribute, outcome, started)
+
+    def _track(self, kind: str, name: str, correlation_id: str) -> None:
+        task = asyncio.current_task()
+        if task is not None:
+            self.handling[task] = (kind, name, correlation_id, time.monotonic())
+
+    def in_flight_handlers(self) -> list[tuple[str, str, str, float]]:
+        """(kind, name, correlation id, monotonic start) of every handler running now."""
+        return [self.handling[task] for task in list(self.in_flight) if task in self.handling]
 
     def _log_access(
         self, kind: str, name: str, outcome: str, started: int, *, subject: str | None = None

@@ -36,11 +36,15 @@ DEFAULTS: dict[str, Any] = {
     "MAX_RECONNECT_ATTEMPTS": -1,
     # Connection name prefix shown by the NATS server's monitoring.
     "CONNECTION_NAME": "cliffracer",
+    # The secret ``runservice --inspect`` asks for; inspection refuses to start without one.
+    # Set it through the environment (CLIFFRACER_INSPECT_SECRET), never in the repository.
+    "INSPECT_SECRET": None,
 }
 
 # Settings that deployments set through the environment.
 ENVIRONMENT_OVERRIDES: dict[str, str] = {
     "NATS_URL": "NATS_URL",
+    "INSPECT_SECRET": "CLIFFRACER_INSPECT_SECRET",
 }
 
 

@@ -182,5 +182,7 @@ LOGGING = {
         "cliffracer": {"level": LOG_LEVEL},
         # One line per RPC, event and timer run; set to WARNING to silence.
         "cliffracer.access": {"level": os.environ.get("ACCESS_LOG_LEVEL", LOG_LEVEL).upper()},
+        # The reloader says what changed itself; watchfiles' own count of changes is noise.
+        "watchfiles": {"level": "WARNING"},
     },
 }

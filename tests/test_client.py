@@ -83,3 +83,20 @@ def test_call_target_must_name_service_and_method():
     with pytest.raises(ValueError):
         rpc_subject("orders")
     assert rpc_subject("orders.create_order") == "rpc.orders.create_order"
+
+
+def test_nats_down_is_a_quick_clear_error(monkeypatch, settings):
+    from cliffracer_core.embedded import free_port
+    from cliffracer_core.errors import RemoteUnavailable
+
+    monkeypatch.setenv("NATS_URL", f"nats://127.0.0.1:{free_port('127.0.0.1')}")
+    settings.CLIFFRACER = {}  # reloads the lazy settings with the new NATS_URL
+
+    async def attempt():
+        with pytest.raises(RemoteUnavailable) as raised:
+            await acall("anything.at_all", {})
+        return raised.value
+
+    error = run_async(attempt())
+    assert error.code == 503 and error.type == "nats_unavailable"
+    assert "is not reachable" in error.message

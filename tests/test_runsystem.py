@@ -26,6 +26,16 @@ def pid_alive(pid: int) -> bool:
     return True
 
 
+def running_services(text: str) -> dict[str, int]:
+    """The process id of each service instance the supervisor reported running."""
+    return {
+        name: int(pid)
+        for name, pid in re.findall(
+            r"^supervisor\s+\| (\S+)\s+running\s+pid=(\d+)", text, re.MULTILINE
+        )
+    }
+
+
 def wait_for(condition, timeout: float = 30.0) -> None:
     deadline = time.monotonic() + timeout
     while not condition():
@@ -51,12 +61,21 @@ def test_runsystem_starts_everything_and_stops_cleanly(tmp_path, stop_signal):
         )
     output = log_path.read_text
     try:
-        wait_for(lambda: output().count(" serving ") == len(SERVICES) or process.poll() is not None)
+        wait_for(
+            lambda: len(running_services(output())) == len(SERVICES) or process.poll() is not None
+        )
         text = output()
         assert "Press Ctrl-C to stop." in text, text
         nats_url = re.search(r"Started the embedded nats-server at (nats://\S+)\.", text)[1]
         pids = [int(match) for match in re.findall(r"^\s+\S+\s+(\d+)\s", text, re.MULTILINE)]
-        assert len(pids) == len(SERVICES) + 2  # NATS, the services, the web server
+        assert len(pids) == 3  # NATS, the services' supervisor, the web server
+        services_row = re.search(r"^\s+services\s+\d+\s+runservices --reload: (.*)$", text, re.M)
+        assert services_row[1].split(", ") == sorted(SERVICES)
+        # One process per service, each run by the supervisor.
+        service_pids = running_services(text)
+        assert set(service_pids) == {f"{name}.1" for name in SERVICES}
+        assert len(set(service_pids.values())) == len(SERVICES)
+        pids += service_pids.values()
 
         async def ping():
             connection = await connect(nats_url)
@@ -80,5 +99,10 @@ def test_runsystem_starts_everything_and_stops_cleanly(tmp_path, stop_signal):
         assert "Stopped." in output()
     finally:
         if process.poll() is None:
-            process.kill()
-            process.wait()
+            # Stopped as a user would, so that a failed test leaves no process behind.
+            process.send_signal(signal.SIGTERM)
+            try:
+                process.wait(30)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()

@@ -1,6 +1,11 @@
-"""A service for the framework's process-level tests (runservice, shutdown, reconnect)."""
+"""A service for the framework's process-level tests (runservice, shutdown, reconnect, supervisor).
+
+``TESTSERVICE_CRASH_IF_EXISTS=<path>`` makes the service crash at start while that file exists.
+"""
 
 import asyncio
+import os
+from pathlib import Path
 
 from pydantic import BaseModel
 
@@ -14,6 +19,7 @@ class Sleep(BaseModel):
 
 class Slept(BaseModel):
     tag: int
+    pid: int = 0
 
 
 class Text(BaseModel):
@@ -22,6 +28,15 @@ class Text(BaseModel):
 
 class Count(BaseModel):
     count: int
+
+
+class InFlight(BaseModel):
+    pid: int
+    count: int
+
+
+class Crash(BaseModel):
+    exit_code: int = 3
 
 
 class TestService(Service):
@@ -33,6 +48,11 @@ class TestService(Service):
     def __init__(self) -> None:
         self.sleeping = 0
 
+    def on_start(self) -> None:
+        marker = os.environ.get("TESTSERVICE_CRASH_IF_EXISTS")
+        if marker and Path(marker).exists():
+            raise RuntimeError(f"crash at start ({marker} exists)")
+
     @rpc
     async def sleep(self, request: Sleep) -> Slept:
         self.sleeping += 1
@@ -40,12 +60,20 @@ class TestService(Service):
             await asyncio.sleep(request.seconds)
         finally:
             self.sleeping -= 1
-        return Slept(tag=request.tag)
+        return Slept(tag=request.tag, pid=os.getpid())
 
     @rpc
     async def sleeping_now(self) -> Count:
         return Count(count=self.sleeping)
 
     @rpc
+    async def in_flight(self) -> InFlight:
+        return InFlight(pid=os.getpid(), count=self.sleeping)
+
+    @rpc
     async def echo(self, request: Text) -> Text:
         return request
+
+    @rpc
+    def crash(self, request: Crash) -> None:
+        os._exit(request.exit_code)

@@ -12,6 +12,8 @@ from django.apps import apps
 from django.core.management.base import BaseCommand, CommandParser
 
 from cliffracer_core.apps import ServiceAppConfig
+from cliffracer_core.inspection import InspectionRefused, check_options, start_inspection
+from cliffracer_core.reload import is_reloader_child, run_with_reloader
 from cliffracer_core.runner import ServiceRunner
 from cliffracer_core.settings import cliffracer_settings
 
@@ -34,6 +36,31 @@ class Command(BaseCommand):
             "--grace-period",
             type=float,
             help="Seconds to let in-flight handlers finish on shutdown (default: GRACE_PERIOD).",
+        )
+        parser.add_argument(
+            "--reload",
+            action="store_true",
+            help="Restart the service (draining it first) when the project's Python code changes.",
+        )
+        parser.add_argument(
+            "--reload-dir",
+            action="append",
+            metavar="DIRECTORY",
+            help="Directory watched by --reload (default: BASE_DIR); may be repeated.",
+        )
+        parser.add_argument(
+            "--inspect",
+            nargs="?",
+            const=0,
+            type=int,
+            metavar="PORT",
+            help="Open a local asyncio REPL into the service on 127.0.0.1:PORT (default: a free "
+            "port); needs CLIFFRACER_INSPECT_SECRET. Off unless given.",
+        )
+        parser.add_argument(
+            "--inspect-host",
+            default="127.0.0.1",
+            help="Loopback address for --inspect (default: 127.0.0.1).",
         )
 
     def handle(self, *args: Any, **options: Any) -> None:
@@ -58,19 +85,50 @@ class Command(BaseCommand):
         if concurrency is not None and concurrency < 1:
             self.stderr.write("runservice: --concurrency must be at least 1.")
             sys.exit(2)
+        inspect = options["inspect"]
+        if inspect is not None:
+            try:
+                check_options(
+                    host=options["inspect_host"], secret=cliffracer_settings.INSPECT_SECRET
+                )
+            except InspectionRefused as error:
+                self.stderr.write(f"runservice: {error}")
+                sys.exit(2)
+        if options["reload"] and not is_reloader_child():
+            # This process only watches the code; a child without --reload serves.
+            sys.exit(
+                run_with_reloader(
+                    f"runservice {label}",
+                    directories=options["reload_dir"],
+                    grace_period=options["grace_period"],
+                )
+            )
         runner = ServiceRunner(
             config.service_class,
             nats_url=options["nats_url"] or str(cliffracer_settings.NATS_URL),
             concurrency=concurrency,
             grace_period=options["grace_period"],
         )
-        asyncio.run(serve(runner))
+        inspection = None if inspect is None else (options["inspect_host"], inspect)
+        asyncio.run(serve(runner, inspection=inspection))
 
 
-async def serve(runner: ServiceRunner) -> None:
+async def serve(runner: ServiceRunner, *, inspection: tuple[str, int] | None = None) -> None:
     """Run ``runner`` until SIGTERM or SIGINT, then stop it gracefully."""
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for signal_number in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signal_number, stop.set)
-    await runner.run(stop)
+    await runner.start()
+    console = None
+    if inspection is not None:
+        host, port = inspection
+        console = await start_inspection(
+            runner, secret=cliffracer_settings.INSPECT_SECRET, host=host, port=port
+        )
+    try:
+        await stop.wait()
+    finally:
+        if console is not None:
+            console.close()
+        await runner.stop()

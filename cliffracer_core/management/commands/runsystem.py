@@ -20,8 +20,13 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 from cliffracer_core.apps import service_app_configs
 from cliffracer_core.connection import redact
 from cliffracer_core.embedded import DEFAULT_PORT, NatsServer, is_reachable, port_is_free
+from cliffracer_core.settings import cliffracer_settings
+from cliffracer_core.supervisor import die_with_parent
 
-STOP_TIMEOUT = 15.0
+# Seconds beyond the services' grace period to wait for everything to stop before killing it;
+# the supervisor itself kills an instance 5 s after its grace period, so it is never cut short.
+STOP_MARGIN = 10.0
+FORCED_STOP_TIMEOUT = 2.0
 
 
 @dataclass
@@ -41,13 +46,19 @@ class Child:
 
 class Command(BaseCommand):
     help = (
-        "Run NATS (embedded unless NATS_URL is set and reachable), one runservice process per "
-        "service app, and daphne. Ctrl-C stops them all: services and web first, NATS last."
+        "Run NATS (embedded unless NATS_URL is set and reachable), every service app under one "
+        "`runservices --reload` supervisor, and daphne. Ctrl-C stops them all: services and web "
+        "first, NATS last."
     )
 
     def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument("--host", default="127.0.0.1", help="Address daphne binds to.")
         parser.add_argument("--port", type=int, default=8000, help="Port daphne listens on.")
+        parser.add_argument(
+            "--noreload",
+            action="store_true",
+            help="Do not restart the services when the code changes.",
+        )
 
     def handle(self, *args: Any, host: str, port: int, **options: Any) -> None:
         if not port_is_free(host, port):
@@ -64,24 +75,33 @@ class Command(BaseCommand):
             nats_server, nats_url = self.start_nats()
             environment = {**os.environ, "NATS_URL": nats_url, "PYTHONUNBUFFERED": "1"}
             base_dir = Path(settings.BASE_DIR)
+            labels = []
             for config in service_app_configs():
                 if config.service_class is None:
                     self.stdout.write(
                         self.style.WARNING(f"{config.name} declares no Service; not started.")
                     )
                     continue
+                labels.append(config.label)
+            if labels:
+                # One supervisor runs every service, restarting crashed ones and (in
+                # development) reloading them when the code changes.
                 command = [
                     sys.executable,
                     str(base_dir / "manage.py"),
-                    "runservice",
-                    config.label,
+                    "runservices",
+                    *labels,
                     "--nats-url",
                     nats_url,
                 ]
+                command += [] if options["noreload"] else ["--reload"]
+                how = "runservices" + ("" if options["noreload"] else " --reload")
                 children.append(
-                    self.spawn(config.label, "runservice", command, environment, base_dir)
+                    self.spawn(
+                        "services", f"{how}: {', '.join(labels)}", command, environment, base_dir
+                    )
                 )
-            if not children:
+            else:
                 self.stdout.write("No service apps are installed; running NATS and web only.")
             module, attribute = settings.ASGI_APPLICATION.rsplit(".", 1)
             daphne = [sys.executable, "-m", "daphne", "-b", host, "-p", str(port)]
@@ -145,10 +165,10 @@ class Command(BaseCommand):
         directory: Path,
     ) -> Child:
         # A session of its own: a terminal Ctrl-C reaches only runsystem, which then stops the
-        # children in order.
+        # children in order. Should runsystem be killed, they get SIGTERM and stop by themselves.
         process = subprocess.Popen(
             command, cwd=directory, env=environment, stdin=subprocess.DEVNULL,
-            start_new_session=True,
+            start_new_session=True, preexec_fn=die_with_parent(),
         )  # fmt: skip
         return Child(name, where, process)
 
@@ -182,17 +202,25 @@ class Command(BaseCommand):
         return False
 
     def stop_all(self, children: list[Child], nats_server: NatsServer | None) -> None:
-        """Stop services and web, waiting up to STOP_TIMEOUT, then NATS."""
+        """Stop services and web, waiting up to the grace period plus STOP_MARGIN, then NATS."""
         if children:
             self.stdout.write("Stopping services and web server...")
         # Children that exited earlier are left alone: their process ids may be reused by now.
         running = [child for child in children if not child.reported]
         for child in running:
             child.signal(signal.SIGTERM)
-        deadline = time.monotonic() + STOP_TIMEOUT
+        deadline = time.monotonic() + cliffracer_settings.GRACE_PERIOD + STOP_MARGIN
+        forced = False
         while any(child.process.poll() is None for child in running):
-            if time.monotonic() > deadline or self.force_requested.is_set():
+            if time.monotonic() > deadline:
                 break
+            if self.force_requested.is_set() and not forced:
+                # A second Ctrl-C: a second signal makes the supervisor kill its instances at
+                # once; whatever still runs a moment later is killed here.
+                forced = True
+                for child in running:
+                    child.signal(signal.SIGTERM)
+                deadline = min(deadline, time.monotonic() + FORCED_STOP_TIMEOUT)
             time.sleep(0.1)
         for child in running:
             if child.process.poll() is None:
