@@ -18,15 +18,33 @@ from nats.aio.client import Client as NatsClient
 from pydantic import BaseModel, ValidationError
 
 from cliffracer_core import codec
+from cliffracer_core.auth.tokens import system_identity
 from cliffracer_core.connection import get_connection, redact
-from cliffracer_core.context import outgoing_headers
+from cliffracer_core.context import current_headers, outgoing_headers
 from cliffracer_core.errors import NoResponders, RemoteUnavailable, RpcTimeout, remote_error
-from cliffracer_core.headers import CORRELATION_ID, ERROR_CODE
+from cliffracer_core.headers import AUTHORIZATION, CORRELATION_ID, ERROR_CODE
 from cliffracer_core.settings import cliffracer_settings
 
 
 class SynchronousCallError(RuntimeError):
     """A sync client function was called from a running event loop."""
+
+
+def caller_headers(extra: dict[str, str] | None) -> dict[str, str]:
+    """Headers of an outgoing call or event, with the caller's identity.
+
+    Inside a message or an HTTP request the current caller's token travels onward (or none,
+    for an anonymous one). Outside any (a script, a command, a test) the call acts as the
+    configured system identity.
+    """
+    values = outgoing_headers(extra)
+    if (
+        AUTHORIZATION not in values
+        and current_headers.get() is None
+        and (authorization := system_identity.authorization())
+    ):
+        values[AUTHORIZATION] = authorization
+    return values
 
 
 async def shared_connection() -> NatsClient:
@@ -65,7 +83,7 @@ async def acall[Reply: BaseModel](
     ``RemoteError`` subclass.
     """
     subject = rpc_subject(target)
-    message_headers = outgoing_headers(headers)
+    message_headers = caller_headers(headers)
     client = connection or await shared_connection()
     wait = timeout if timeout is not None else cliffracer_settings.RPC_TIMEOUT
     try:
@@ -115,7 +133,7 @@ async def apublish(
 ) -> None:
     """Publish an event (a model or a plain dict) on ``subject``."""
     client = connection or await shared_connection()
-    await client.publish(subject, codec.encode(data), headers=outgoing_headers(headers))
+    await client.publish(subject, codec.encode(data), headers=caller_headers(headers))
 
 
 class BackgroundLoop:

@@ -10,7 +10,7 @@ from asgiref.sync import iscoroutinefunction, markcoroutinefunction
 from django.http import HttpRequest, HttpResponseBase
 
 from cliffracer_core.context import current_headers, new_correlation_id
-from cliffracer_core.headers import CORRELATION_ID, TRACEPARENT, TRACESTATE
+from cliffracer_core.headers import AUTHORIZATION, CORRELATION_ID, TRACEPARENT, TRACESTATE
 
 # Ids a client may choose: short, and safe in a header, a log line and a NATS header.
 ACCEPTED_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
@@ -60,7 +60,8 @@ class CorrelationIdMiddleware:
         correlation_id = offered if ACCEPTED_ID.match(offered) else new_correlation_id()
         request.correlation_id = correlation_id  # type: ignore[attr-defined]
         values = {CORRELATION_ID: correlation_id}
-        for name in (TRACEPARENT, TRACESTATE):
+        # The caller's token travels onward to the services a view calls, as on NATS.
+        for name in (AUTHORIZATION, TRACEPARENT, TRACESTATE):
             if value := request.headers.get(name):
                 values[name] = value
         return values

@@ -23,6 +23,8 @@ from pydantic import BaseModel, ValidationError
 
 from cliffracer_core import client as client_module
 from cliffracer_core import codec, discovery
+from cliffracer_core.auth.identity import Caller, current_caller
+from cliffracer_core.auth.tokens import system_identity, verifier
 from cliffracer_core.connection import connect, forget_connection, redact, set_connection
 from cliffracer_core.context import current_headers, current_subject, new_correlation_id
 from cliffracer_core.db import (
@@ -32,15 +34,17 @@ from cliffracer_core.db import (
     run_with_connection_hygiene,
 )
 from cliffracer_core.errors import (
+    Forbidden,
     InternalError,
     InvalidJson,
     InvalidReply,
     InvalidRequest,
+    NotAuthenticated,
     RequestTooLarge,
     ServiceError,
     UnknownEndpoint,
 )
-from cliffracer_core.headers import CORRELATION_ID, PROPAGATED
+from cliffracer_core.headers import AUTHORIZATION, CORRELATION_ID, PROPAGATED
 from cliffracer_core.log import current_endpoint, current_service
 from cliffracer_core.service import Event, Rpc, Service, Timer
 from cliffracer_core.settings import cliffracer_settings
@@ -88,6 +92,11 @@ class ServiceRunner:
         self.rpcs: dict[str, Rpc] = service_class.rpcs()
         self.endpoints = [(rpc, self.prefix + rpc.name, self.name) for rpc in self.rpcs.values()]
         self.counters = {name: discovery.Counters() for name in self.rpcs}
+        default_public = cliffracer_settings.DEFAULT_RPC_ACCESS == "public"
+        self.public = {
+            name: rpc.public or (default_public and not rpc.permissions)
+            for name, rpc in self.rpcs.items()
+        }
         self.unknown_requests = 0
         self.events_handled = 0
         self.events_failed = 0
@@ -298,6 +307,8 @@ class ServiceRunner:
         try:
             if rpc is None:
                 raise UnknownEndpoint(f"Service {self.name!r} has no endpoint {name!r}.")
+            # Who is calling, and may they? Before the body is even read.
+            current_caller.set(self.authorize(rpc, values.get(AUTHORIZATION)))
             data = message.data
             if len(data) > self.max_request_bytes:
                 raise RequestTooLarge(
@@ -342,6 +353,20 @@ class ServiceRunner:
                 exc_info=True,
             )
 
+    def authorize(self, rpc: Rpc, authorization: str | None) -> Caller | None:
+        """Return the caller of ``rpc``; 401 without a valid token, 403 without permission."""
+        if self.public[rpc.name]:
+            # A public endpoint needs no token, but a token that is sent must be valid.
+            return verifier.caller(authorization) if authorization else None
+        caller = verifier.caller(authorization)
+        if rpc.permissions and not caller.has_perms(rpc.permissions):
+            missing = [p for p in rpc.permissions if not caller.has_perm(p)]
+            raise Forbidden(
+                f"{caller.username or 'The caller'} may not call {self.name}.{rpc.name}.",
+                details={"missing_permissions": missing},
+            )
+        return caller
+
     async def handle_event(self, event: Event, message: Msg) -> None:
         """Run one event handler; failures are logged and counted, never raised."""
         started = time.perf_counter_ns()
@@ -353,6 +378,7 @@ class ServiceRunner:
         current_headers.set(values)
         current_subject.set(message.subject)
         current_endpoint.set(event.attribute)
+        current_caller.set(event_caller(values.get(AUTHORIZATION)))
         self._track("event", event.attribute, values[CORRELATION_ID])
         outcome = "ok"
         try:
@@ -420,7 +446,12 @@ class ServiceRunner:
         started = time.perf_counter_ns()
         # A timer tick is an edge: it starts a new chain of calls and events.
         correlation_id = new_correlation_id()
-        current_headers.set({CORRELATION_ID: correlation_id})
+        values = {CORRELATION_ID: correlation_id}
+        # A timer acts as the configured system identity, for itself and the calls it makes.
+        if authorization := system_identity.authorization():
+            values[AUTHORIZATION] = authorization
+        current_headers.set(values)
+        current_caller.set(event_caller(authorization))
         current_endpoint.set(timer.attribute)
         self._track("timer", timer.attribute, correlation_id)
         outcome = "ok"
@@ -473,6 +504,16 @@ class ServiceRunner:
                 await aclose_old_connections()
             except Exception:  # noqa: BLE001
                 logger.warning("Closing old database connections failed", exc_info=True)
+
+
+def event_caller(authorization: str | None) -> Caller | None:
+    """The caller an event or timer carries, if its token is valid; events are not guarded."""
+    if not authorization:
+        return None
+    try:
+        return verifier.caller(authorization)
+    except NotAuthenticated:
+        return None
 
 
 class _NoArgument:

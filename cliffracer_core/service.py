@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import inspect
 import typing
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar, TypeVar
 
 from pydantic import BaseModel
 
+from cliffracer_core.auth.identity import Caller, current_caller
 from cliffracer_core.settings import cliffracer_settings
 
 Function = TypeVar("Function", bound=Callable[..., Any])
@@ -33,6 +34,9 @@ class Rpc:
     reply_model: type[BaseModel] | None
     is_async: bool
     description: str
+    # Django permission strings the caller must all hold; public endpoints need no token.
+    permissions: tuple[str, ...] = ()
+    public: bool = False
 
 
 @dataclass(frozen=True)
@@ -57,12 +61,31 @@ class Timer:
 
 
 def rpc[Function: Callable[..., Any]](
-    function: Function | None = None, *, name: str | None = None
+    function: Function | None = None,
+    *,
+    name: str | None = None,
+    permission: str | Sequence[str] | None = None,
+    public: bool = False,
 ) -> Any:
-    """Mark a method as an RPC endpoint; usable as ``@rpc`` or ``@rpc(name=...)``."""
+    """Mark a method as an RPC endpoint; usable as ``@rpc`` or ``@rpc(...)``.
+
+    ``permission`` names one Django permission (``"orders.add_order"``) or several, all
+    required; ``public=True`` lets anyone call. With neither, the setting
+    ``DEFAULT_RPC_ACCESS`` decides (any authenticated caller, by default).
+    """
+    permissions = (permission,) if isinstance(permission, str) else tuple(permission or ())
+    if public and permissions:
+        raise ValueError("An endpoint is either public or guarded by permissions, not both.")
+    for value in permissions:
+        if not isinstance(value, str) or value.count(".") != 1:
+            raise ValueError(f"Permission {value!r} must read 'app_label.codename'.")
 
     def mark(function: Function) -> Function:
-        setattr(function, RPC_MARK, {"name": name or function.__name__})
+        setattr(
+            function,
+            RPC_MARK,
+            {"name": name or function.__name__, "permissions": permissions, "public": public},
+        )
         return function
 
     return mark(function) if function is not None else mark
@@ -160,6 +183,8 @@ class Service:
                         reply_model=reply_model,
                         is_async=inspect.iscoroutinefunction(function),
                         description=inspect.cleandoc(function.__doc__ or "").split("\n\n")[0],
+                        permissions=mark["permissions"],
+                        public=mark["public"],
                     )
                 if mark := getattr(function, EVENT_MARK, None):
                     model, _ = _models(cls, function, attribute)
@@ -185,6 +210,11 @@ class Service:
         return cls._handlers
 
     # Helpers for handlers; the same functions work anywhere else in the project.
+
+    @property
+    def caller(self) -> Caller | None:
+        """Who sent the message being handled (None for an anonymous call to a public RPC)."""
+        return current_caller.get()
 
     async def publish(
         self, subject: str, data: Any, *, headers: dict[str, str] | None = None

@@ -39,12 +39,22 @@ DEFAULTS: dict[str, Any] = {
     # The secret ``runservice --inspect`` asks for; inspection refuses to start without one.
     # Set it through the environment (CLIFFRACER_INSPECT_SECRET), never in the repository.
     "INSPECT_SECRET": None,
+    # Who may call an RPC that names neither a permission nor public=True: "authenticated"
+    # (any valid access token) or "public".
+    "DEFAULT_RPC_ACCESS": "authenticated",
+    # The identity of timers, scripts, commands and tasks: a name and the permissions it has
+    # (never a superuser). Processes with the signing key mint its token themselves.
+    "SYSTEM_IDENTITY": {"username": "system", "permissions": []},
+    # A system token minted elsewhere (manage.py issue_system_token), for processes that
+    # hold only the public key.
+    "SYSTEM_TOKEN": None,
 }
 
 # Settings that deployments set through the environment.
 ENVIRONMENT_OVERRIDES: dict[str, str] = {
     "NATS_URL": "NATS_URL",
     "INSPECT_SECRET": "CLIFFRACER_INSPECT_SECRET",
+    "SYSTEM_TOKEN": "CLIFFRACER_SYSTEM_TOKEN",
 }
 
 

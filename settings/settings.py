@@ -9,8 +9,12 @@ import os
 import tempfile
 from pathlib import Path
 
+from datetime import timedelta
+
 import dj_database_url
 from django.core.management.utils import get_random_secret_key
+
+from cliffracer_core.auth.keys import load_keys
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 # Local state (SQLite, NATS data, logs, the generated secret key); VAR_DIR moves it.
@@ -73,6 +77,11 @@ INSTALLED_APPS = [
     "django.contrib.sessions",
     "django.contrib.messages",
     "django.contrib.staticfiles",
+    "rest_framework",
+    "rest_framework_simplejwt",
+    "django_filters",
+    "drf_spectacular",
+    "drf_spectacular_sidecar",
     "cliffracer_core",
     # Every service app: adding a service is adding a folder under apps/.
     *discover_apps(BASE_DIR / "apps"),
@@ -149,8 +158,73 @@ STATIC_ROOT = VAR_DIR / "static"
 
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
+# Access tokens: RS256, so that services verify with the public key alone (see
+# cliffracer_core/auth/keys.py for where the keys come from).
+JWT_PRIVATE_KEY, JWT_PUBLIC_KEY = load_keys(VAR_DIR)
+
+SIMPLE_JWT = {
+    "ALGORITHM": "RS256",
+    "SIGNING_KEY": JWT_PRIVATE_KEY,
+    "VERIFYING_KEY": JWT_PUBLIC_KEY,
+    "ISSUER": os.environ.get("JWT_ISSUER", "cliffracer"),
+    "ACCESS_TOKEN_LIFETIME": timedelta(minutes=int(os.environ.get("JWT_ACCESS_MINUTES", "15"))),
+    "REFRESH_TOKEN_LIFETIME": timedelta(days=int(os.environ.get("JWT_REFRESH_DAYS", "1"))),
+    "LEEWAY": 5,
+    "UPDATE_LAST_LOGIN": False,
+    "TOKEN_OBTAIN_SERIALIZER": "cliffracer_core.rest.auth.TokenObtainPairSerializer",
+}
+
+REST_FRAMEWORK = {
+    "DEFAULT_AUTHENTICATION_CLASSES": [
+        "rest_framework_simplejwt.authentication.JWTAuthentication",
+        "rest_framework.authentication.SessionAuthentication",
+    ],
+    "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
+    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+    "DEFAULT_FILTER_BACKENDS": ["django_filters.rest_framework.DjangoFilterBackend"],
+    "DEFAULT_PAGINATION_CLASS": "rest_framework.pagination.LimitOffsetPagination",
+    "PAGE_SIZE": 50,
+    "DEFAULT_THROTTLE_RATES": {"auth": os.environ.get("AUTH_THROTTLE_RATE", "20/minute")},
+    # Errors never carry tracebacks; the handler also maps RemoteError to HTTP.
+    "EXCEPTION_HANDLER": "cliffracer_core.rest.errors.exception_handler",
+}
+
+SPECTACULAR_SETTINGS = {
+    "TITLE": "Cliffracer API",
+    "DESCRIPTION": "REST for the example services, and a gateway to every RPC.",
+    "VERSION": "0.1.0",
+    # Swagger UI from drf-spectacular-sidecar's static files: no CDN.
+    "SWAGGER_UI_DIST": "SIDECAR",
+    "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
+    "REDOC_DIST": "SIDECAR",
+    "SERVE_INCLUDE_SCHEMA": False,
+    "COMPONENT_SPLIT_REQUEST": True,
+    # A path per running RPC endpoint, with its models, from $SRV.INFO (see docs/gateway.md).
+    "POSTPROCESSING_HOOKS": [
+        "drf_spectacular.hooks.postprocess_schema_enums",
+        "cliffracer_core.rest.schema.rpc_endpoints",
+    ],
+}
+
 CLIFFRACER = {
     "NATS_URL": os.environ.get("NATS_URL", "nats://127.0.0.1:4222"),
+    # What scripts, commands, timers and tasks may do (docs/rest.md): reserve and release
+    # stock and read everything for the order flow, and place orders for any customer (the
+    # shell demo of docs/example.md). Not a superuser: nothing else.
+    "SYSTEM_IDENTITY": {
+        "username": "system",
+        "permissions": [
+            "orders.add_order",
+            "orders.place_order_for_others",
+            "orders.view_order",
+            "orders.view_all_orders",
+            "inventory.view_stockitem",
+            "inventory.reserve_stock",
+            "inventory.release_stock",
+            "notifications.view_notification",
+            "notifications.view_all_notifications",
+        ],
+    },
 }
 
 LOG_LEVEL = os.environ.get("LOG_LEVEL", "INFO").upper()

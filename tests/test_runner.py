@@ -26,6 +26,7 @@ from cliffracer_core.errors import (
     RemoteNotFound,
     RemoteUnavailable,
 )
+from cliffracer_core.auth.tokens import system_identity
 from cliffracer_core.log import ContextFilter
 from cliffracer_core.testing.plugin import run_async
 from tests.models import Add, Item, Tagged, Total, Wait
@@ -102,6 +103,8 @@ def calculator(start_service, unique_name):
 
 
 async def raw_request(url: str, subject: str, body: bytes, headers=None):
+    """A request from a plain nats-py client, with a token as any client would send it."""
+    headers = {"Authorization": system_identity.authorization(), **(headers or {})}
     client = await nats.connect(url)
     try:
         return await client.request(subject, body, timeout=5, headers=headers)

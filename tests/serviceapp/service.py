@@ -53,7 +53,9 @@ class TestService(Service):
         if marker and Path(marker).exists():
             raise RuntimeError(f"crash at start ({marker} exists)")
 
-    @rpc
+    # sleep and echo are public: the tests call them with plain nats-py clients, as any NATS
+    # client in any language may call a public endpoint without a token.
+    @rpc(public=True)
     async def sleep(self, request: Sleep) -> Slept:
         self.sleeping += 1
         try:
@@ -70,7 +72,7 @@ class TestService(Service):
     async def in_flight(self) -> InFlight:
         return InFlight(pid=os.getpid(), count=self.sleeping)
 
-    @rpc
+    @rpc(public=True)
     async def echo(self, request: Text) -> Text:
         return request
 

@@ -1,0 +1,1 @@
+"""One identity across REST, WebSocket and NATS: JWT access tokens and the caller they name."""

@@ -1,0 +1,1 @@
+"""The REST surface: token endpoints, permissions, error mapping, the RPC gateway, health."""
