@@ -22,7 +22,7 @@ from cliffracer_core.auth.tokens import system_identity
 from cliffracer_core.connection import get_connection, redact
 from cliffracer_core.context import current_headers, outgoing_headers
 from cliffracer_core.errors import NoResponders, RemoteUnavailable, RpcTimeout, remote_error
-from cliffracer_core.headers import AUTHORIZATION, CORRELATION_ID, ERROR_CODE
+from cliffracer_core.headers import AUTHORIZATION, CORRELATION_ID, ERROR_CODE, clean_header_value
 from cliffracer_core.settings import cliffracer_settings
 
 
@@ -44,6 +44,8 @@ def caller_headers(extra: dict[str, str] | None) -> dict[str, str]:
         and (authorization := system_identity.authorization())
     ):
         values[AUTHORIZATION] = authorization
+    if (authorization := values.get(AUTHORIZATION)) is not None:
+        values[AUTHORIZATION] = clean_header_value(authorization)
     return values
 
 

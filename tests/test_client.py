@@ -100,3 +100,16 @@ def test_nats_down_is_a_quick_clear_error(monkeypatch, settings):
     error = run_async(attempt())
     assert error.code == 503 and error.type == "nats_unavailable"
     assert "is not reachable" in error.message
+
+
+def test_clean_header_values_skip_only_work_that_is_not_needed():
+    from cliffracer_core.headers import CleanHeaderValue, clean_header_value
+
+    token = "Bearer abc.def.ghi"
+    clean = clean_header_value(token)
+    assert type(clean) is CleanHeaderValue and clean == token
+    table = str.maketrans({"\r": " ", "\n": " "})
+    assert clean.strip().translate(table) is clean
+    # Values that need sanitising stay plain strings, so nats-py still cleans them.
+    for value in ("Bearer a\r\nX-Evil: 1", " padded ", "line\nbreak"):
+        assert type(clean_header_value(value)) is str

@@ -17,6 +17,7 @@ import jwt
 
 from cliffracer_core.auth.identity import Caller
 from cliffracer_core.errors import NotAuthenticated
+from cliffracer_core.headers import clean_header_value
 from cliffracer_core.settings import cliffracer_settings
 
 CACHE_SIZE = 4096
@@ -128,6 +129,7 @@ class SystemIdentity:
     def __init__(self) -> None:
         self.lock = threading.Lock()
         self.token: str | None = None
+        self.header = ""
         self.expires = 0.0
 
     def authorization(self) -> str | None:
@@ -142,7 +144,8 @@ class SystemIdentity:
             if self.token is None or self.expires - now < 60:
                 self.token = mint_system_token()
                 self.expires = now + SYSTEM_TOKEN_LIFETIME.total_seconds()
-            return f"Bearer {self.token}"
+                self.header = clean_header_value(f"Bearer {self.token}")
+            return self.header
 
 
 SYSTEM_TOKEN_LIFETIME = timedelta(minutes=30)
