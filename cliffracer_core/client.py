@@ -17,7 +17,7 @@ import nats.errors
 from nats.aio.client import Client as NatsClient
 from pydantic import BaseModel, ValidationError
 
-from cliffracer_core import codec
+from cliffracer_core import codec, context
 from cliffracer_core.auth.tokens import system_identity
 from cliffracer_core.connection import get_connection, redact
 from cliffracer_core.context import current_headers, outgoing_headers
@@ -34,13 +34,16 @@ def caller_headers(extra: dict[str, str] | None) -> dict[str, str]:
     """Headers of an outgoing call or event, with the caller's identity.
 
     Inside a message or an HTTP request the current caller's token travels onward (or none,
-    for an anonymous one). Outside any (a script, a command, a test) the call acts as the
-    configured system identity.
+    for an anonymous one). Outside any, in a process that is neither the web server nor a
+    service (a script, a command, a test), the call acts as the configured system identity.
     """
     values = outgoing_headers(extra)
     if (
         AUTHORIZATION not in values
         and current_headers.get() is None
+        # A web process never lends the system identity: an anonymous caller stays anonymous,
+        # even in code (a consumer, a signal handler) that no request context wraps.
+        and context.process_role == "-"
         and (authorization := system_identity.authorization())
     ):
         values[AUTHORIZATION] = authorization

@@ -26,6 +26,17 @@ def get_subject() -> str | None:
     return current_subject.get()
 
 
+# What this process is: "web" (serves HTTP and WebSocket), "service", or "-" (a command, the
+# shell, a script, a test). Logs show it, and only "-" processes act as the system identity
+# when a call is made outside any request or message.
+process_role = "-"
+
+
+def set_process_role(role: str) -> None:
+    global process_role
+    process_role = role
+
+
 def new_correlation_id() -> str:
     # As random as uuid4().hex, in a quarter of the time: this runs on every call.
     return os.urandom(16).hex()

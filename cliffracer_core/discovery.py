@@ -108,6 +108,8 @@ def endpoint_metadata(rpc: Rpc) -> dict[str, str]:
         "request_schema": schema_of(rpc.request_model),
         "reply_schema": schema_of(rpc.reply_model),
         "handler": "async" if rpc.is_async else "sync",
+        "public": "true" if rpc.public else "false",
+        "permissions": json.dumps(list(rpc.permissions)),
         "description": rpc.description,
     }
 

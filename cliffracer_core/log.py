@@ -13,6 +13,7 @@ import logging
 from datetime import UTC, datetime
 from typing import Any
 
+from cliffracer_core import context
 from cliffracer_core.context import current_headers
 from cliffracer_core.headers import CORRELATION_ID
 
@@ -25,21 +26,13 @@ current_endpoint: contextvars.ContextVar[str | None] = contextvars.ContextVar(
     "cliffracer_current_endpoint", default=None
 )
 
-# The process's role when no service is running in the current context (e.g. "web", "cli").
-process_role = "-"
-
-
-def set_process_role(role: str) -> None:
-    global process_role
-    process_role = role
-
 
 class ContextFilter(logging.Filter):
     """Add ``service``, ``instance``, ``endpoint`` and ``correlation_id`` to every record."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         service = current_service.get()
-        record.service, record.instance = service if service else (process_role, "-")
+        record.service, record.instance = service if service else (context.process_role, "-")
         record.endpoint = current_endpoint.get() or "-"
         headers = current_headers.get()
         record.correlation_id = (headers.get(CORRELATION_ID) if headers else None) or "-"

@@ -60,8 +60,12 @@ class CorrelationIdMiddleware:
         correlation_id = offered if ACCEPTED_ID.match(offered) else new_correlation_id()
         request.correlation_id = correlation_id  # type: ignore[attr-defined]
         values = {CORRELATION_ID: correlation_id}
-        # The caller's token travels onward to the services a view calls, as on NATS.
-        for name in (AUTHORIZATION, TRACEPARENT, TRACESTATE):
+        # The caller's bearer token travels onward to the services a view calls, as on NATS;
+        # other schemes (a Basic password) never leave the web process.
+        authorization = request.headers.get(AUTHORIZATION, "")
+        if authorization[:7].lower() == "bearer ":
+            values[AUTHORIZATION] = authorization
+        for name in (TRACEPARENT, TRACESTATE):
             if value := request.headers.get(name):
                 values[name] = value
         return values

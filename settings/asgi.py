@@ -6,7 +6,7 @@ from django.core.asgi import get_asgi_application
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "settings.settings")
 
-from cliffracer_core.log import set_process_role  # noqa: E402
+from cliffracer_core.context import set_process_role  # noqa: E402
 
 # Log lines written outside any service say they come from the web process.
 set_process_role("web")

@@ -7,9 +7,8 @@ DATABASE_URL, NATS_URL, LOG_LEVEL.
 
 import os
 import tempfile
-from pathlib import Path
-
 from datetime import timedelta
+from pathlib import Path
 
 import dj_database_url
 from django.core.management.utils import get_random_secret_key

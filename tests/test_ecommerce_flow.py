@@ -1,7 +1,10 @@
 """The e-commerce example end to end: four ``runservice`` processes, real NATS, one database.
 
-An order is placed over NATS; payments, orders, inventory and notifications then react to one
-another's events in their own processes, and the test polls the database for the outcome.
+An order is placed by a customer, over NATS with the customer's access token or over REST;
+payments, orders, inventory and notifications then react to one another's events in their own
+processes, and the test polls for the outcome. The customer's token travels the whole chain:
+``orders.create_order`` checks ``orders.add_order`` and ``inventory.reserve_stock`` checks
+``inventory.reserve_stock`` on the same token.
 """
 
 from __future__ import annotations
@@ -12,6 +15,9 @@ from decimal import Decimal
 from typing import Any
 
 import pytest
+from django.contrib.auth.models import Group, User
+from django.core.cache import cache
+from django.test import Client
 
 from apps.inventory.logic import stock_item_create
 from apps.inventory.models import Reservation, StockItem
@@ -22,15 +28,20 @@ from apps.orders.models import Order
 from apps.orders.schemas import OrderDetail
 from apps.payments.models import Payment
 from cliffracer_core import call
-from cliffracer_core.errors import RemoteConflict, RemoteNotFound
+from cliffracer_core.errors import PermissionDenied, RemoteConflict, RemoteNotFound
+from tests.roles import restore_roles
 
 SERVICES = ("inventory", "orders", "payments", "notifications")
 TIMEOUT = 15.0
+PASSWORD = "correct horse battery staple"
 
 
 @pytest.fixture
 def services(transactional_db, runservice_process) -> list[Any]:
-    """Stock on the shelf, and every service of the example running in its own process."""
+    """The roles, stock on the shelf, and every service of the example in its own process."""
+    restore_roles()
+    # The token endpoint is throttled per client address; start without earlier tests' counts.
+    cache.clear()
     stock_item_create(sku="FLOW-TEE", name="T-shirt", price="19.00", quantity_on_hand=10)
     stock_item_create(sku="FLOW-MUG", name="Mug", price="12.50", quantity_on_hand=3)
     processes = [runservice_process(label, wait=False) for label in SERVICES]
@@ -50,12 +61,45 @@ def wait_for(condition: Callable[[], Any], what: str, services: list[Any]) -> An
     return result
 
 
-def place_order(customer_id: int, token: str, *lines: tuple[str, int]) -> dict[str, Any]:
-    return call(
+class Customer:
+    """A user in the customer group, with an access token from ``POST /api/auth/token/``."""
+
+    def __init__(self, username: str) -> None:
+        self.user = User.objects.create_user(username, f"{username}@example.com", PASSWORD)
+        self.user.groups.add(Group.objects.get(name="customer"))
+        response = Client().post(
+            "/api/auth/token/",
+            {"username": username, "password": PASSWORD},
+            content_type="application/json",
+        )
+        assert response.status_code == 200, response.content
+        self.authorization = f"Bearer {response.json()['access']}"
+
+    @property
+    def id(self) -> int:
+        return self.user.pk
+
+    def call(self, target: str, data: Any, **options: Any) -> Any:
+        """Call an RPC as this customer."""
+        headers = {"Authorization": self.authorization, **options.pop("headers", {})}
+        return call(target, data, headers=headers, **options)
+
+    def http(self) -> Client:
+        """A test client that sends this customer's access token."""
+        return Client(headers={"Authorization": self.authorization})
+
+
+@pytest.fixture
+def customer(services) -> Customer:
+    return Customer("ada")
+
+
+def place_order(customer: Customer, token: str, *lines: tuple[str, int]) -> dict[str, Any]:
+    return customer.call(
         "orders.create_order",
         {
-            "customer_id": customer_id,
-            "customer_email": f"customer{customer_id}@example.com",
+            "customer_id": customer.id,
+            "customer_email": customer.user.email,
             "lines": [{"sku": sku, "quantity": quantity} for sku, quantity in lines],
             "payment_token": token,
         },
@@ -81,8 +125,8 @@ def notification_kinds(order_id: int) -> set[str]:
     return set(Notification.objects.filter(order_id=order_id).values_list("kind", flat=True))
 
 
-def test_a_paid_order_commits_its_stock_and_notifies_the_customer(services):
-    placed = place_order(101, "tok_visa", ("FLOW-TEE", 2), ("FLOW-MUG", 1))
+def test_a_paid_order_commits_its_stock_and_notifies_the_customer(services, customer):
+    placed = place_order(customer, "tok_visa", ("FLOW-TEE", 2), ("FLOW-MUG", 1))
 
     assert placed["status"] == "pending_payment"
     assert Decimal(placed["total"]) == Decimal("50.50")
@@ -105,8 +149,8 @@ def test_a_paid_order_commits_its_stock_and_notifies_the_customer(services):
     )
 
     assert (order.customer_id, order.customer_email, order.total) == (
-        101,
-        "customer101@example.com",
+        customer.id,
+        "ada@example.com",
         Decimal("50.50"),
     )
     assert sorted(order.lines.values_list("sku", "quantity", "unit_price")) == [
@@ -121,21 +165,23 @@ def test_a_paid_order_commits_its_stock_and_notifies_the_customer(services):
     payment = Payment.objects.get(order_id=order_id)
     assert (payment.status, payment.amount) == ("completed", Decimal("50.50"))
 
-    # The same state, read through the services' RPCs.
-    detail = call("orders.get_order", {"order_id": order_id}, reply=OrderDetail)
+    # The same state, read through the services' RPCs by the customer.
+    detail = customer.call("orders.get_order", {"order_id": order_id}, reply=OrderDetail)
     assert (detail.status, detail.total, len(detail.lines)) == ("paid", Decimal("50.50"), 2)
-    levels = call("inventory.get_stock", {"skus": ["FLOW-TEE"]}, reply=StockLevels)
+    levels = customer.call("inventory.get_stock", {"skus": ["FLOW-TEE"]}, reply=StockLevels)
     assert [(level.quantity_on_hand, level.quantity_available) for level in levels.items] == [
         (8, 8)
     ]
-    sent = call(
-        "notifications.list_for_customer", {"customer_id": 101}, reply=CustomerNotifications
+    sent = customer.call(
+        "notifications.list_for_customer",
+        {"customer_id": customer.id},
+        reply=CustomerNotifications,
     )
     assert {n.kind for n in sent.notifications} == {"order_created", "order_paid"}
 
 
-def test_a_declined_payment_releases_the_stock(services):
-    placed = place_order(102, "tok_decline", ("FLOW-TEE", 3))
+def test_a_declined_payment_releases_the_stock(services, customer):
+    placed = place_order(customer, "tok_decline", ("FLOW-TEE", 3))
 
     order_id = placed["order_id"]
     wait_for(
@@ -165,15 +211,15 @@ def test_a_declined_payment_releases_the_stock(services):
     )
 
 
-def test_an_order_for_more_than_the_stock_is_refused(services):
+def test_an_order_for_more_than_the_stock_is_refused(services, customer):
     with pytest.raises(RemoteConflict) as raised:
-        place_order(103, "tok_visa", ("FLOW-TEE", 1), ("FLOW-MUG", 4))
+        place_order(customer, "tok_visa", ("FLOW-TEE", 1), ("FLOW-MUG", 4))
 
     assert (raised.value.code, raised.value.type) == (409, "out_of_stock")
     assert "FLOW-MUG" in raised.value.message
     assert raised.value.details == {"short": [{"sku": "FLOW-MUG", "requested": 4, "available": 3}]}
     with pytest.raises(RemoteNotFound) as raised:
-        place_order(103, "tok_visa", ("FLOW-NOPE", 1))
+        place_order(customer, "tok_visa", ("FLOW-NOPE", 1))
     assert raised.value.details == {"unknown_skus": ["FLOW-NOPE"]}
 
     assert not Order.objects.exists()
@@ -182,18 +228,19 @@ def test_an_order_for_more_than_the_stock_is_refused(services):
 
 
 def test_get_order_of_a_missing_order_is_not_found(services):
+    # Called from the test, outside any request: as the system identity.
     with pytest.raises(RemoteNotFound) as raised:
         call("orders.get_order", {"order_id": 424242})
 
     assert (raised.value.code, raised.value.type) == (404, "order_not_found")
 
 
-def test_one_order_leaves_one_correlation_id_in_every_service(services):
+def test_one_order_leaves_one_correlation_id_in_every_service(services, customer):
     correlation_id = f"order-trail-{time.monotonic_ns()}"
-    reply = call(
+    reply = customer.call(
         "orders.create_order",
         {
-            "customer_id": 77,
+            "customer_id": customer.id,
             "customer_email": "trail@example.com",
             "lines": [{"sku": "FLOW-TEE", "quantity": 1}],
             "payment_token": "tok_visa",
@@ -224,3 +271,66 @@ def test_one_order_leaves_one_correlation_id_in_every_service(services):
     # Each line names the service that wrote it.
     for label, text in lines.items():
         assert all(f" {label}/" in line for line in text.splitlines()), text
+
+
+def test_an_order_placed_over_rest_is_paid_and_reported(services, customer):
+    client = customer.http()
+
+    response = client.post(
+        "/api/orders/",
+        {"lines": [{"sku": "FLOW-TEE", "quantity": 2}], "payment_token": "tok_visa"},
+        content_type="application/json",
+    )
+
+    assert response.status_code == 201, response.content
+    placed = response.json()
+    assert (placed["customer_id"], placed["status"], placed["total"]) == (
+        customer.id,
+        "pending_payment",
+        "38.00",
+    )
+    paid = wait_for(
+        lambda: (detail := client.get(response["Location"]).json())["status"] == "paid" and detail,
+        "the order paid, read over REST",
+        services,
+    )
+    assert [(line["sku"], line["quantity"]) for line in paid["lines"]] == [("FLOW-TEE", 2)]
+    notifications = wait_for(
+        lambda: len(found := client.get("/api/notifications/").json()["results"]) == 2 and found,
+        "both notifications, read over REST",
+        services,
+    )
+    assert {n["kind"] for n in notifications} == {"order_created", "order_paid"}
+    assert {n["order_id"] for n in notifications} == {placed["id"]}
+    wait_for(lambda: stock()["FLOW-TEE"] == (8, 0), "the stock committed", services)
+    # Another customer neither sees the order nor its notifications.
+    other = Customer("grace").http()
+    assert other.get(response["Location"]).status_code == 404
+    assert other.get("/api/notifications/").json()["results"] == []
+
+
+def test_a_customer_cannot_order_for_someone_else_or_read_their_orders(services, customer):
+    placed = place_order(customer, "tok_visa", ("FLOW-MUG", 1))
+    grace = Customer("grace")
+
+    with pytest.raises(PermissionDenied) as refused:
+        place_order_for(grace, customer.id)
+    with pytest.raises(RemoteNotFound):
+        grace.call("orders.get_order", {"order_id": placed["order_id"]})
+    with pytest.raises(PermissionDenied):
+        grace.call("notifications.list_for_customer", {"customer_id": customer.id})
+
+    assert refused.value.details == {"missing_permissions": ["orders.place_order_for_others"]}
+    assert Order.objects.count() == 1
+
+
+def place_order_for(caller: Customer, customer_id: int) -> Any:
+    return caller.call(
+        "orders.create_order",
+        {
+            "customer_id": customer_id,
+            "customer_email": "someone@example.com",
+            "lines": [{"sku": "FLOW-MUG", "quantity": 1}],
+            "payment_token": "tok_visa",
+        },
+    )

@@ -20,13 +20,13 @@ from cliffracer_core import (
     get_correlation_id,
     rpc,
 )
+from cliffracer_core.auth.tokens import system_identity
 from cliffracer_core.errors import (
     NoResponders,
     RemoteConflict,
     RemoteNotFound,
     RemoteUnavailable,
 )
-from cliffracer_core.auth.tokens import system_identity
 from cliffracer_core.log import ContextFilter
 from cliffracer_core.testing.plugin import run_async
 from tests.models import Add, Item, Tagged, Total, Wait

@@ -11,7 +11,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from decimal import Decimal
 
 from django.db import IntegrityError, transaction
-from django.db.models import F
+from django.db.models import F, QuerySet
 from django.utils import timezone
 
 from apps.inventory.errors import OutOfStock, UnknownSku
@@ -57,11 +57,16 @@ def stock_seed_demo() -> list[StockItem]:
     return items
 
 
+def stock_item_list() -> QuerySet[StockItem]:
+    """Every stock item, by sku."""
+    return StockItem.objects.all()
+
+
 def stock_levels(*, skus: Sequence[str] = ()) -> list[StockItem]:
     """Return the named stock items (all of them when ``skus`` is empty)."""
     if not skus:
-        return list(StockItem.objects.all())
-    items = list(StockItem.objects.filter(sku__in=skus))
+        return list(stock_item_list())
+    items = list(stock_item_list().filter(sku__in=skus))
     unknown = sorted(set(skus) - {item.sku for item in items})
     if unknown:
         raise UnknownSku(f"Unknown sku: {', '.join(unknown)}.", details={"unknown_skus": unknown})

@@ -23,6 +23,12 @@ class StockItem(models.Model):
                 condition=Q(price__gte=0), name="inventory_stockitem_price_not_negative"
             ),
         ]
+        # Permissions of the inventory RPCs that no model permission describes; declared here
+        # so that they appear in the admin's group editor.
+        permissions = [
+            ("reserve_stock", "Can reserve stock for an order"),
+            ("release_stock", "Can release the stock reserved for an order"),
+        ]
 
     def __str__(self) -> str:
         return f"{self.sku} ({self.name})"

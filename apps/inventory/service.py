@@ -21,7 +21,7 @@ from cliffracer_core import Service, event, rpc
 class InventoryService(Service):
     """Stock levels, and stock reserved for orders until they are paid."""
 
-    @rpc
+    @rpc(permission="inventory.reserve_stock")
     def reserve_stock(self, request: ReserveStock) -> StockReserved:
         """Reserve every line for the order, or fail with 404 (unknown sku) or 409 (short)."""
         reservations = logic.stock_reserve(
@@ -41,13 +41,13 @@ class InventoryService(Service):
             ],
         )
 
-    @rpc
+    @rpc(permission="inventory.release_stock")
     def release_stock(self, request: ReleaseStock) -> StockReleased:
         """Give back what the order still holds."""
         released = logic.stock_release(order_reference=request.order_reference)
         return StockReleased(order_reference=request.order_reference, lines_released=released)
 
-    @rpc
+    @rpc(permission="inventory.view_stockitem")
     def get_stock(self, request: GetStock) -> StockLevels:
         """Stock levels of the given skus, or of every item."""
         return StockLevels(

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from decimal import Decimal
 
+from django.db.models import QuerySet
+
 from apps.notifications.models import Notification
 
 # The order status an orders.* event announces, and what the customer is told about it.
@@ -47,6 +49,12 @@ def notification_for_order_status(
     return notification
 
 
+def notification_list(*, customer_id: int | None = None) -> QuerySet[Notification]:
+    """Notifications, newest first; only ``customer_id``'s when it is given."""
+    notifications = Notification.objects.all()
+    return notifications if customer_id is None else notifications.filter(customer_id=customer_id)
+
+
 def notifications_for_customer(*, customer_id: int, limit: int = 50) -> list[Notification]:
     """The customer's notifications, newest first."""
-    return list(Notification.objects.filter(customer_id=customer_id)[:limit])
+    return list(notification_list(customer_id=customer_id)[:limit])

@@ -24,6 +24,8 @@ class Notification(models.Model):
                 fields=["order_id", "kind"], name="notifications_one_per_order_and_kind"
             ),
         ]
+        # A customer holds view_notification for their own; this one lifts that limit.
+        permissions = [("view_all_notifications", "Can view every customer's notifications")]
 
     def __str__(self) -> str:
         return f"{self.kind} for order {self.order_id} to {self.email}"

@@ -5,7 +5,7 @@ from __future__ import annotations
 from apps.notifications import logic
 from apps.notifications.schemas import CustomerNotifications, ListForCustomer, NotificationOut
 from apps.orders.schemas import OrderEvent
-from cliffracer_core import Service, event, rpc
+from cliffracer_core import Forbidden, Service, event, rpc
 
 
 class NotificationsService(Service):
@@ -21,9 +21,17 @@ class NotificationsService(Service):
             total=order.total,
         )
 
-    @rpc
+    @rpc(permission="notifications.view_notification")
     def list_for_customer(self, request: ListForCustomer) -> CustomerNotifications:
-        """The customer's notifications, newest first."""
+        """The customer's notifications, newest first; a customer may list only their own."""
+        caller = self.caller
+        if not caller.has_perm("notifications.view_all_notifications") and caller.user_id != str(
+            request.customer_id
+        ):
+            raise Forbidden(
+                "You may list only your own notifications.",
+                details={"missing_permissions": ["notifications.view_all_notifications"]},
+            )
         notifications = logic.notifications_for_customer(
             customer_id=request.customer_id, limit=request.limit
         )

@@ -14,6 +14,7 @@ from decimal import Decimal
 from functools import partial
 
 from django.db import transaction
+from django.db.models import QuerySet
 
 from apps.inventory.schemas import (
     ReleaseStock,
@@ -103,9 +104,20 @@ def order_create(
     return order
 
 
-def order_get(*, order_id: int) -> Order:
+def order_list(*, customer_id: int | None = None) -> QuerySet[Order]:
+    """Orders with their lines, newest first; only ``customer_id``'s when it is given."""
+    orders = Order.objects.prefetch_related("lines")
+    return orders if customer_id is None else orders.filter(customer_id=customer_id)
+
+
+def order_get(*, order_id: int, customer_id: int | None = None) -> Order:
+    """The order with its lines; ``OrderNotFound`` (404) if there is none with that id.
+
+    With ``customer_id`` another customer's order is not found either, so that nobody learns
+    which order ids exist.
+    """
     try:
-        return Order.objects.prefetch_related("lines").get(pk=order_id)
+        return order_list(customer_id=customer_id).get(pk=order_id)
     except Order.DoesNotExist:
         raise OrderNotFound(f"No order {order_id}.", details={"order_id": order_id}) from None
 
@@ -167,6 +179,9 @@ def _inventory_refusal(error: RemoteError) -> ServiceError:
         return UnknownSku(error.message, details=error.details)
     if error.code == 409:
         return OutOfStock(error.message, details=error.details)
+    if error.code in (401, 403):
+        # The caller's own token went to inventory: its verdict is about the caller.
+        return ServiceError.from_remote(error)
     logger.warning("Inventory could not reserve stock: %s", error)
     return InventoryUnavailable(details={"inventory_error": error.as_dict()})
 

@@ -25,6 +25,12 @@ class Order(models.Model):
 
     class Meta:
         ordering = ["-created_at", "-id"]
+        # Beyond the model permissions: a customer holds view_order and add_order for their
+        # own orders only; these two lift that limit (staff, operators, the system identity).
+        permissions = [
+            ("view_all_orders", "Can view every customer's orders"),
+            ("place_order_for_others", "Can place orders for other customers"),
+        ]
 
     def __str__(self) -> str:
         return f"Order {self.pk} ({self.status})"

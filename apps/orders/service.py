@@ -12,15 +12,28 @@ from apps.orders.schemas import (
     OrderPlaced,
 )
 from apps.payments.schemas import PaymentCompleted, PaymentFailed
-from cliffracer_core import Service, event, rpc
+from cliffracer_core import Forbidden, Service, event, rpc
+from cliffracer_core.auth.identity import Caller
 
 
 class OrdersService(Service):
     """Places orders (reserving their stock) and follows their payment."""
 
-    @rpc
+    @rpc(permission="orders.add_order")
     def create_order(self, request: CreateOrder) -> OrderPlaced:
-        """Reserve the stock and store the order; its payment is taken asynchronously."""
+        """Reserve the stock and store the order; its payment is taken asynchronously.
+
+        A customer places orders for themselves only; ``orders.place_order_for_others`` lifts
+        that limit. The caller's token travels on to ``inventory.reserve_stock``.
+        """
+        if own_customer_id(self.caller, unless="orders.place_order_for_others") not in (
+            None,
+            request.customer_id,
+        ):
+            raise Forbidden(
+                "You may place orders only for yourself.",
+                details={"missing_permissions": ["orders.place_order_for_others"]},
+            )
         order = logic.order_place(
             customer_id=request.customer_id,
             customer_email=request.customer_email,
@@ -34,10 +47,11 @@ class OrdersService(Service):
             total=order.total,
         )
 
-    @rpc
+    @rpc(permission="orders.view_order")
     def get_order(self, request: GetOrder) -> OrderDetail:
-        """The order with its lines; 404 if there is none with that id."""
-        return order_detail(logic.order_get(order_id=request.order_id))
+        """The order with its lines; 404 if there is none with that id, or it is not yours."""
+        customer_id = own_customer_id(self.caller, unless="orders.view_all_orders")
+        return order_detail(logic.order_get(order_id=request.order_id, customer_id=customer_id))
 
     @event("payments.completed")
     def on_payment_completed(self, payment: PaymentCompleted) -> None:
@@ -46,6 +60,22 @@ class OrdersService(Service):
     @event("payments.failed")
     def on_payment_failed(self, payment: PaymentFailed) -> None:
         logic.order_mark_payment_failed(order_id=payment.order_id, reason=payment.reason)
+
+
+def own_customer_id(caller: Caller | None, *, unless: str) -> int | None:
+    """The customer id a caller is limited to, or None when they hold ``unless``.
+
+    Customers are users: an order's ``customer_id`` is its customer's user id. A caller that
+    is no user (the system identity) and lacks ``unless`` may act for nobody.
+    """
+    if caller is not None and caller.has_perm(unless):
+        return None
+    if caller is None or not (caller.user_id or "").isdigit():
+        raise Forbidden(
+            "Only a customer, or a caller with the permission, may do this.",
+            details={"missing_permissions": [unless]},
+        )
+    return int(caller.user_id)
 
 
 def order_detail(order: Order) -> OrderDetail:

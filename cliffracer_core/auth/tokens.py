@@ -158,7 +158,8 @@ def mint_system_token(lifetime: timedelta = SYSTEM_TOKEN_LIFETIME) -> str:
     identity = cliffracer_settings.SYSTEM_IDENTITY
     token = AccessToken()
     token.set_exp(lifetime=lifetime)
-    token[jwt_settings.USER_ID_CLAIM] = f"system:{identity['username']}"
+    # No user id claim: the system identity is no user, and Django's authentication of HTTP
+    # requests (simplejwt) refuses a token without one.
     token["username"] = identity["username"]
     token["groups"] = []
     token["permissions"] = sorted(identity.get("permissions", []))

@@ -14,6 +14,9 @@ from contextlib import contextmanager
 from typing import Any
 
 from django.contrib.auth import get_user_model
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import OpenApiResponse, extend_schema, extend_schema_view
+from rest_framework import serializers
 from rest_framework.exceptions import AuthenticationFailed
 from rest_framework.request import Request
 from rest_framework.throttling import ScopedRateThrottle
@@ -24,6 +27,7 @@ from rest_framework_simplejwt.serializers import (
 from rest_framework_simplejwt.serializers import (
     TokenRefreshSerializer as SimpleTokenRefreshSerializer,
 )
+from rest_framework_simplejwt.serializers import TokenVerifySerializer
 from rest_framework_simplejwt.settings import api_settings as jwt_settings
 from rest_framework_simplejwt.tokens import AccessToken, Token
 
@@ -79,20 +83,61 @@ class ThrottledTokenView:
     throttle_scope = "auth"
 
 
+class TokenPairOutputSerializer(serializers.Serializer):
+    access = serializers.CharField(help_text="Send as 'Authorization: Bearer <access>'.")
+    refresh = serializers.CharField(help_text="Trade for a new access token at token/refresh/.")
+
+    class Meta:
+        ref_name = "TokenPair"
+
+
+class AccessOutputSerializer(serializers.Serializer):
+    access = serializers.CharField(help_text="Send as 'Authorization: Bearer <access>'.")
+    refresh = serializers.CharField(
+        required=False, help_text="A new refresh token, when refresh tokens rotate."
+    )
+
+    class Meta:
+        ref_name = "AccessToken"
+
+
+def token_schema(answer: Any, refused: str) -> Any:
+    """The OpenAPI description of a token view: its answer, and every status it may send."""
+    return extend_schema_view(
+        post=extend_schema(
+            tags=["auth"],
+            responses={
+                200: answer,
+                400: OpenApiResponse(description="The body is not valid."),
+                401: OpenApiResponse(description=refused),
+                429: OpenApiResponse(description="Too many attempts; retry after a while."),
+            },
+        )
+    )
+
+
+@token_schema(TokenPairOutputSerializer, "The username or password is wrong.")
 class TokenObtainPairView(ThrottledTokenView, simplejwt_views.TokenObtainPairView):
     """Exchange a username and password for an access and a refresh token."""
 
     serializer_class = TokenObtainPairSerializer
 
 
+@token_schema(AccessOutputSerializer, "The refresh token is not valid, or its user is gone.")
 class TokenRefreshView(ThrottledTokenView, simplejwt_views.TokenRefreshView):
     """Exchange a refresh token for a new access token."""
 
     serializer_class = TokenRefreshSerializer
 
 
+@token_schema(
+    OpenApiResponse(OpenApiTypes.OBJECT, description="The token is valid: an empty object."),
+    "The token is not valid.",
+)
 class TokenVerifyView(ThrottledTokenView, simplejwt_views.TokenVerifyView):
     """Answer 200 if the token is valid, 401 if it is not."""
+
+    serializer_class = TokenVerifySerializer
 
 
 def authorization_for(request: Request) -> str | None:

