@@ -43,6 +43,7 @@ import contextlib  # noqa: E402
 import json  # noqa: E402
 import os  # noqa: E402
 import platform  # noqa: E402
+import resource  # noqa: E402
 import selectors  # noqa: E402
 import shutil  # noqa: E402
 import signal  # noqa: E402
@@ -50,6 +51,7 @@ import socket  # noqa: E402
 import statistics  # noqa: E402
 import subprocess  # noqa: E402
 import tempfile  # noqa: E402
+import threading  # noqa: E402
 import time  # noqa: E402
 from dataclasses import dataclass, field  # noqa: E402
 from importlib import metadata  # noqa: E402
@@ -63,12 +65,12 @@ from cliffracer_core import Service, rpc  # noqa: E402
 SETTINGS_MODULE = "benchmarks.http_settings"
 WSGI_APPLICATION = "settings.wsgi:application"
 SERVICE_NAME = "bench"
-WORKERS = 2
 CONNECTIONS = 16  # the load generator's concurrent connections (one wrk thread)
 REQUEST_TIMEOUT = 5.0
 RPC_BAR = 0.60  # (b) one-RPC view / (a) constant view: at least this
 SETUP_BAR = 0.90  # (a) production setup / (d) gunicorn -w 2 sync: at least this
 READY = "READY"
+NOISE_LIMIT = 0.10  # CPU share used outside the benchmark above which the ratios are doubtful
 ECHO_BODY = json.dumps({"id": 1, "name": "widget-42", "values": [1.5, 2.25, 0.5]})
 
 
@@ -104,7 +106,7 @@ class BenchService(Service):
 PRODUCTION_OPTIONS = "-w 2 -k gthread --threads 4"
 
 
-BASELINE_COMMAND = ["-w", str(WORKERS)]  # gunicorn's default sync workers
+BASELINE_OPTIONS = ["-w", "2"]  # (d): gunicorn's default sync workers
 
 
 @dataclass(frozen=True)
@@ -118,10 +120,12 @@ class Case:
 
 
 CASES = [
-    Case("a", "(a) DRF constant", "production", "GET", "/bench/constant"),
-    Case("b", "(b) DRF + 1 RPC", "production", "GET", "/bench/rpc"),
-    Case("c", "(c) gateway", "production", "POST", f"/api/rpc/{SERVICE_NAME}/echo", ECHO_BODY),
-    Case("d", "(d) DRF constant", "baseline", "GET", "/bench/constant"),
+    Case("a", "(a) constant, prod", "production", "GET", "/bench/constant"),
+    Case("b", "(b) 1 RPC, prod", "production", "GET", "/bench/rpc"),
+    Case(
+        "c", "(c) gateway, prod", "production", "POST", f"/api/rpc/{SERVICE_NAME}/echo", ECHO_BODY
+    ),
+    Case("d", "(d) constant, -w 2", "baseline", "GET", "/bench/constant"),
 ]
 
 
@@ -270,6 +274,29 @@ def cpu_seconds(pid: int) -> float | None:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def context_switches(pid: int) -> int | None:
+    """Voluntary + involuntary context switches of every thread of a process (Linux /proc)."""
+    total = 0
+    try:
+        for task in Path(f"/proc/{pid}/task").iterdir():
+            with contextlib.suppress(OSError):
+                for line in (task / "status").read_text().splitlines():
+                    if line.startswith(("voluntary_ctxt_switches", "nonvoluntary_ctxt_switches")):
+                        total += int(line.split()[1])
+    except OSError:
+        return None
+    return total
+
+
+def machine_jiffies() -> tuple[int, int] | None:
+    """(busy, total) CPU time of the whole machine so far, in clock ticks (Linux /proc)."""
+    try:
+        values = [int(value) for value in Path("/proc/stat").read_text().split()[1:9]]
+    except (OSError, ValueError):
+        return None
+    return sum(values) - values[3] - values[4], sum(values)
+
+
 def children_of(pid: int) -> list[int]:
     found = []
     for entry in Path("/proc").iterdir():
@@ -281,8 +308,8 @@ def children_of(pid: int) -> list[int]:
     return sorted(found)
 
 
-def nats_connections(pid: int, nats_port: int) -> int | None:
-    """How many established TCP connections ``pid`` holds to the NATS port (Linux only)."""
+def established(pid: int, port: int, *, local: bool) -> int | None:
+    """Established TCP connections of ``pid`` whose local (or remote) port is ``port``."""
     try:
         inodes = set()
         for fd in Path(f"/proc/{pid}/fd").iterdir():
@@ -290,17 +317,21 @@ def nats_connections(pid: int, nats_port: int) -> int | None:
                 target = os.readlink(fd)
                 if target.startswith("socket:["):
                     inodes.add(target[8:-1])
-        count = 0
-        for table in ("/proc/net/tcp", "/proc/net/tcp6"):
-            with contextlib.suppress(OSError):
-                for line in Path(table).read_text().splitlines()[1:]:
-                    parts = line.split()
-                    remote_port = int(parts[2].rsplit(":", 1)[1], 16)
-                    if parts[3] == "01" and remote_port == nats_port and parts[9] in inodes:
-                        count += 1
-        return count
     except OSError:
         return None
+    count = 0
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with contextlib.suppress(OSError):
+            for line in Path(table).read_text().splitlines()[1:]:
+                parts = line.split()
+                address = parts[1] if local else parts[2]
+                if (
+                    parts[3] == "01"
+                    and int(address.rsplit(":", 1)[1], 16) == port
+                    and parts[9] in inodes
+                ):
+                    count += 1
+    return count
 
 
 # The orchestrator
@@ -432,8 +463,12 @@ class Figures:
     errors: int = 0
     p50s_us: list[float] = field(default_factory=list)
     p99s_us: list[float] = field(default_factory=list)
+    # CPU seconds of each watched process group, and of the whole machine (busy, capacity).
     cpu: dict[str, float] = field(default_factory=dict)
     cpu_known: bool = True
+    machine: list[float] = field(default_factory=lambda: [0.0, 0.0])
+    switches: int = 0
+    spreads: list[str] = field(default_factory=list)
 
     def add(self, other: Figures) -> None:
         self.requests += other.requests
@@ -444,35 +479,56 @@ class Figures:
         self.cpu_known = self.cpu_known and other.cpu_known
         for name, value in other.cpu.items():
             self.cpu[name] = self.cpu.get(name, 0.0) + value
+        self.machine = [
+            mine + theirs for mine, theirs in zip(self.machine, other.machine, strict=True)
+        ]
+        self.switches += other.switches
+        self.spreads.extend(other.spreads)
 
     @property
     def throughput(self) -> float:
         return self.requests / self.seconds if self.seconds else 0.0
+
+    @property
+    def adjusted_throughput(self) -> float:
+        """Requests per second of the CPU left to the benchmark by other processes."""
+        outside = self.outside_share() or 0.0
+        return self.throughput / (1 - outside) if outside < 1 else 0.0
 
     def cpu_per_request_us(self, name: str) -> float | None:
         if not self.cpu_known or not self.requests or name not in self.cpu:
             return None
         return self.cpu[name] / self.requests * 1e6
 
+    def outside_share(self) -> float | None:
+        """Share of the machine's CPU used by processes outside the benchmark (noise)."""
+        busy, capacity = self.machine
+        if not capacity or not self.cpu_known:
+            return None
+        return max(0.0, busy - sum(self.cpu.values())) / capacity
+
 
 HEADER = (
-    f"{'case':<18} {'server':<22} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8} {'errors':>6}"
-    f" {'web':>6}{'svc':>6}{'nats':>6}{'load':>6}"
+    f"{'case':<22} {'req/s':>7} {'p50 ms':>7} {'p99 ms':>7} {'err':>4}"
+    f" {'web':>5}{'svc':>5}{'nats':>5}{'load':>5} {'cs/req':>6} {'other':>5}  conns/worker"
 )
-SUBHEADER = f"{'':<74}{'CPU µs per request':>22}"
+SUBHEADER = f"{'':<50}{'CPU µs per request':>21}"
 
 
-def format_row(figures: Figures, server_label: str) -> str:
+def format_row(figures: Figures, prefix: str = "") -> str:
     def cpu(name: str) -> str:
         value = figures.cpu_per_request_us(name)
-        return f"{value:>6.0f}" if value is not None else f"{'-':>6}"
+        return f"{value:>5.0f}" if value is not None else f"{'-':>5}"
 
     p50 = statistics.fmean(figures.p50s_us) / 1000 if figures.p50s_us else float("nan")
     p99 = statistics.fmean(figures.p99s_us) / 1000 if figures.p99s_us else float("nan")
+    switches = f"{figures.switches / figures.requests:>6.1f}" if figures.requests else f"{'-':>6}"
+    outside = figures.outside_share()
+    other = f"{outside:>5.0%}" if outside is not None else f"{'-':>5}"
     return (
-        f"{figures.case.label:<18} {server_label:<22} {figures.throughput:>8,.0f} "
-        f"{p50:>8.2f} {p99:>8.2f} {figures.errors:>6}"
-        f" {cpu('web')}{cpu('service')}{cpu('nats')}{cpu('load')}"
+        f"{prefix + figures.case.label:<22} {figures.throughput:>7,.0f} {p50:>7.2f} {p99:>7.1f}"
+        f" {figures.errors:>4} {cpu('web')}{cpu('service')}{cpu('nats')}{cpu('load')}"
+        f" {switches} {other}  {' '.join(figures.spreads)}"
     )
 
 
@@ -502,7 +558,7 @@ def wrk_version(binary: str) -> str:
 
 
 class Bench:
-    """One run of the four cases: the servers, the load and the figures."""
+    """The four cases: their servers, their load and their figures."""
 
     def __init__(
         self,
@@ -522,14 +578,9 @@ class Bench:
         self.service_pid = service_pid
         self.wrk = wrk
         self.gateway_skipped: str | None = None
-        self.connections_seen: list[list[int | None]] = []
-        self.servers = {
-            "production": args.production.split(),
-            "baseline": BASELINE_COMMAND,
-        }
-
-    def server_label(self, case: Case) -> str:
-        return "gunicorn " + " ".join(self.servers[case.server])
+        self.nats_connections_seen: list[list[int | None]] = []
+        self.servers = {"production": args.production.split(), "baseline": BASELINE_OPTIONS}
+        self._children_cpu = self.children_cpu()
 
     def start_server(self, case: Case) -> tuple[subprocess.Popen[str], Path, int]:
         port = free_port()
@@ -540,11 +591,10 @@ class Bench:
             f"127.0.0.1:{port}",
             "--chdir",
             str(ROOT),
-            "--timeout",
-            "30",
             WSGI_APPLICATION,
         ]
         process, log = self.children.start(f"gunicorn-{case.key}", command)
+        expected = self.worker_count(case)
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
             if process.poll() is not None:
@@ -554,16 +604,24 @@ class Bench:
             except OSError:
                 time.sleep(0.1)
                 continue
-            if status == 200:
-                # Every worker has booted (they fork at once; give the second a moment too).
-                while len(children_of(process.pid)) < WORKERS and time.monotonic() < deadline:
-                    time.sleep(0.05)
-                return process, log, port
-            raise RuntimeError(f"{case.label}: GET /bench/constant answered {status}")
+            if status != 200:
+                raise RuntimeError(f"{case.label}: GET /bench/constant answered {status}")
+            # The workers fork at once; wait for the last of them to be up too.
+            while len(children_of(process.pid)) < expected and time.monotonic() < deadline:
+                time.sleep(0.05)
+            time.sleep(0.3)
+            return process, log, port
         raise RuntimeError(f"gunicorn for {case.label} did not answer:\n{tail(log)}")
 
+    def worker_count(self, case: Case) -> int:
+        options = self.servers[case.server]
+        for flag in ("-w", "--workers"):
+            if flag in options:
+                return int(options[options.index(flag) + 1])
+        return 1
+
     def load(self, case: Case, port: int, seconds: float) -> dict[str, Any]:
-        """Run the load generator against the server for ``seconds``; its result line."""
+        """Run the load generator against the server for ``seconds``; its result."""
         if self.wrk:
             command = [
                 self.wrk,
@@ -592,7 +650,6 @@ class Bench:
                 "--seconds",
                 str(seconds),
             )
-        self.load_pid = process.pid
         try:
             output, _ = process.communicate(timeout=seconds + 30)
         except subprocess.TimeoutExpired:
@@ -605,36 +662,55 @@ class Bench:
                 return json.loads(text)
         raise RuntimeError(f"the load generator printed no result:\n{output}\n{tail(log)}")
 
+    @staticmethod
+    def children_cpu() -> float:
+        """CPU time of every child reaped so far (the load generator, once it has exited)."""
+        usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+        return usage.ru_utime + usage.ru_stime
+
     def measure(self, case: Case) -> Figures | None:
         server, log, port = self.start_server(case)
         try:
             status, body = http_request(port, case)
-            if status != 200:
+            if status != 200 or (case.key in "bc" and b"widget-42" not in body):
+                reply = body[:300].decode(errors="replace")
                 if case.key == "c":
-                    self.gateway_skipped = (
-                        f"POST {case.path} answered {status}: {body[:200].decode(errors='replace')}"
-                    )
+                    self.gateway_skipped = f"POST {case.path} answered {status}: {reply}"
                     return None
-                raise RuntimeError(f"{case.label}: {case.method} {case.path} answered {status}")
+                raise RuntimeError(f"{case.label}: {case.method} {case.path} -> {status} {reply}")
             if self.args.warmup > 0:
                 self.load(case, port, self.args.warmup)
             workers = children_of(server.pid)
-            watched = {"web": [server.pid, *workers], "service": [self.service_pid]}
-            watched["nats"] = [self.nats_pid]
+            watched = {
+                "web": [server.pid, *workers],
+                "service": [self.service_pid],
+                "nats": [self.nats_pid],
+            }
 
-            def sample() -> dict[str, float | None]:
+            def cpu() -> dict[str, float | None]:
                 totals: dict[str, float | None] = {}
                 for name, pids in watched.items():
                     values = [cpu_seconds(pid) for pid in pids]
-                    totals[name] = None if None in values else sum(v for v in values if v)
+                    totals[name] = None if None in values else sum(v or 0.0 for v in values)
                 return totals
 
-            before = sample()
-            self.last_child_cpu()
+            def switches() -> int:
+                pids = [*workers, self.service_pid, self.nats_pid]
+                return sum(context_switches(pid) or 0 for pid in pids)
+
+            # Midway through the window: how the load generator's connections are spread
+            # over the workers (a keep-alive connection stays with the worker that accepted it).
+            spread: list[int | None] = []
+            sampler = threading.Timer(
+                self.args.seconds / 2,
+                lambda: spread.extend(established(pid, port, local=True) for pid in workers),
+            )
+            before, switches_before, machine_before = cpu(), switches(), machine_jiffies()
+            children_before = self.children_cpu()
+            sampler.start()
             result = self.load(case, port, self.args.seconds)
-            after = sample()
-            # The load generator has exited: its CPU time is what the children's rusage gained.
-            load_cpu = self.last_child_cpu()
+            sampler.join()
+            after, switches_after, machine_after = cpu(), switches(), machine_jiffies()
             figures = Figures(
                 case,
                 requests=int(result["requests"]),
@@ -642,33 +718,29 @@ class Bench:
                 errors=int(result["errors"]),
                 p50s_us=[float(result["p50_us"])],
                 p99s_us=[float(result["p99_us"])],
+                switches=switches_after - switches_before,
             )
             for name in watched:
                 if before[name] is None or after[name] is None:
                     figures.cpu_known = False
                 else:
-                    figures.cpu[name] = after[name] - before[name]
-            if load_cpu is not None:
-                figures.cpu["load"] = load_cpu
+                    figures.cpu[name] = after[name] - before[name]  # type: ignore[operator]
+            figures.cpu["load"] = self.children_cpu() - children_before
+            if machine_before and machine_after:
+                tick = os.sysconf("SC_CLK_TCK")
+                figures.machine = [
+                    (machine_after[0] - machine_before[0]) / tick,
+                    (machine_after[1] - machine_before[1]) / tick,
+                ]
+            if spread and None not in spread and any(spread):
+                figures.spreads.append("/".join(str(count) for count in spread))
             if case.key == "b":
-                self.connections_seen.append(
-                    [nats_connections(pid, self.nats_port) for pid in workers]
+                self.nats_connections_seen.append(
+                    [established(pid, self.nats_port, local=False) for pid in workers]
                 )
             return figures
         finally:
             self.children.stop(server)
-            if server.returncode not in (0, -signal.SIGTERM):
-                print(f"note: gunicorn for {case.label} exited {server.returncode}")
-
-    def last_child_cpu(self) -> float | None:
-        """CPU time of the load generator just reaped (children's rusage grows by it)."""
-        import resource
-
-        usage = resource.getrusage(resource.RUSAGE_CHILDREN)
-        total = usage.ru_utime + usage.ru_stime
-        previous = getattr(self, "_children_cpu", None)
-        self._children_cpu = total
-        return None if previous is None else total - previous
 
 
 def orchestrate(args: argparse.Namespace) -> int:
@@ -685,36 +757,34 @@ def orchestrate(args: argparse.Namespace) -> int:
         print("wrk is not installed (apt-get install wrk); use --load-generator python.")
         return 1
     if wrk:
-        generator = f"{wrk_version(wrk)} -t1 -c{args.connections}"
+        generator = f"{wrk_version(wrk)}, 1 thread, {args.connections} connections"
     else:
         generator = (
-            f"Python (asyncio, separate process), {args.connections} keep-alive connections"
-            + ("" if args.load_generator == "python" else "; wrk not found")
+            f"Python (asyncio, its own process), {args.connections} keep-alive connections"
+            + ("" if args.load_generator == "python" else " (wrk is not installed)")
         )
     print(versions(generator))
-    production = "gunicorn " + args.production
     print(
-        f"Production HTTP setup (docs/deployment.md): {production} {WSGI_APPLICATION}; "
-        f"daphne serves WebSocket only. Baseline (d): gunicorn {' '.join(BASELINE_COMMAND)}."
+        f"production setup (docs/deployment.md): gunicorn {args.production} {WSGI_APPLICATION}"
+        f" (daphne serves WebSocket only); baseline: gunicorn {' '.join(BASELINE_OPTIONS)} "
+        f"{WSGI_APPLICATION}"
     )
     print(
         f"{args.seconds:g} s per run after {args.warmup:g} s warm-up, {args.repeats} repeat(s), "
-        f"each case on a freshly started server; settings {SETTINGS_MODULE} (DEBUG off, "
-        f"the project's middleware); service LOG_LEVEL {args.log_level}."
+        f"each run on a freshly started server; settings {SETTINGS_MODULE} (the project's, "
+        f"DEBUG off); LOG_LEVEL {args.log_level}"
     )
     if (os.cpu_count() or 1) < 4:
         print(
-            f"note: {os.cpu_count()} CPUs for the load generator, {WORKERS} web workers, "
-            "nats-server and the service: every case is CPU-bound and shares cores, so "
-            "figures move by ±10% from run to run; compare the pooled ratios and the CPU "
-            "columns."
+            f"note: {os.cpu_count()} CPUs for the load generator, the web workers, nats-server "
+            "and the service: every case is CPU-bound, so req/s tracks the CPU µs per request; "
+            "'other' is CPU used outside the benchmark (noise); use --repeats 3+ to decide."
         )
     cases = [case for case in CASES if case.key in args.cases]
+    skipped_early = None
     if "c" in args.cases and find_spec("cliffracer_core.rest.gateway") is None:
         skipped_early = "cliffracer_core/rest/gateway.py does not exist yet"
         cases = [case for case in cases if case.key != "c"]
-    else:
-        skipped_early = None
 
     pooled = {case.key: Figures(case) for case in cases}
     per_repeat: list[dict[str, Figures]] = []
@@ -724,7 +794,6 @@ def orchestrate(args: argparse.Namespace) -> int:
         environment.update(
             NATS_URL=server.url,
             DJANGO_SETTINGS_MODULE=SETTINGS_MODULE,
-            # The service's log level: WARNING leaves out its access line per RPC.
             LOG_LEVEL=args.log_level,
             PYTHONUNBUFFERED="1",
         )
@@ -734,11 +803,10 @@ def orchestrate(args: argparse.Namespace) -> int:
             server.start()
             service, service_log = children.start_role("service")
             children.wait_ready(service, service_log)
-            print(f"nats-server on {server.url} (pid {server.pid}); service bench up.")
+            print(f"nats-server on {server.url} (pid {server.pid}); service {SERVICE_NAME} up")
             bench = Bench(
                 args, children, Path(directory), server.pid, server.port, service.pid, wrk
             )
-            bench.last_child_cpu()
             print()
             print(SUBHEADER)
             print(HEADER)
@@ -749,14 +817,13 @@ def orchestrate(args: argparse.Namespace) -> int:
                     if case.key == "c" and bench.gateway_skipped:
                         continue
                     figures = bench.measure(case)
-                    bench.last_child_cpu()  # the server just stopped: not the load's CPU
                     if figures is None:
-                        print(f"{case.label:<18} skipped: {bench.gateway_skipped}")
+                        print(f"{case.label:<22} skipped: {bench.gateway_skipped}")
                         continue
                     results[case.key] = figures
                     pooled[case.key].add(figures)
                     prefix = f"#{repeat + 1} " if args.repeats > 1 else ""
-                    print(prefix + format_row(figures, bench.server_label(case)), flush=True)
+                    print(format_row(figures, prefix), flush=True)
                 per_repeat.append(results)
         except KeyboardInterrupt:
             print("\nInterrupted; stopping every process.", file=sys.stderr)
@@ -772,36 +839,37 @@ def orchestrate(args: argparse.Namespace) -> int:
 
     assert bench is not None
     if args.repeats > 1:
-        print("\nAll repeats pooled (req/s over every window; p50/p99 the mean of the runs'):")
+        print("\nAll repeats pooled (req/s over all windows; p50/p99 the mean of the runs'):")
         print(HEADER)
-        for key, figures in pooled.items():
+        for figures in pooled.values():
             if figures.requests:
-                print(format_row(figures, bench.server_label(figures.case)))
+                print(format_row(figures))
     print()
     report_ratios(pooled, per_repeat)
     gateway_note = skipped_early or bench.gateway_skipped
     if gateway_note:
-        print(f"(c) gateway skipped: {gateway_note}.")
-    if bench.connections_seen:
+        print(f"(c) gateway skipped: {gateway_note}")
+    if bench.nats_connections_seen:
         print(
-            "NATS connections held by each gthread worker after (b): "
-            + "; ".join(str(seen) for seen in bench.connections_seen)
-            + f" (expected 1 per worker: the sync client's one connection, shared by its "
-            f"{args.threads} threads)"
+            "NATS connections of each web worker after (b): "
+            + ", ".join("/".join(str(n) for n in seen) for seen in bench.nats_connections_seen)
+            + " (the sync client's one connection per process, shared by its threads)"
         )
     return 0
 
 
-def ratio(cells: dict[str, Figures], top: str, bottom: str) -> float | None:
+def ratio(cells: dict[str, Figures], top: str, bottom: str, adjusted: bool = False) -> float | None:
     if top not in cells or bottom not in cells or not cells[bottom].throughput:
         return None
+    if adjusted:
+        return cells[top].adjusted_throughput / cells[bottom].adjusted_throughput
     return cells[top].throughput / cells[bottom].throughput
 
 
 def report_ratios(pooled: dict[str, Figures], per_repeat: list[dict[str, Figures]]) -> None:
     lines = [
         ("b", "a", RPC_BAR, "(b) one-RPC view / (a) constant view"),
-        ("a", "d", SETUP_BAR, "(a) production setup / (d) gunicorn -w 2"),
+        ("a", "d", SETUP_BAR, "(a) production / (d) gunicorn -w 2 sync"),
         ("c", "a", None, "(c) gateway / (a) constant view"),
     ]
     for top, bottom, bar, text in lines:
@@ -815,14 +883,29 @@ def report_ratios(pooled: dict[str, Figures], per_repeat: list[dict[str, Figures
         runs = [ratio(cells, top, bottom) for cells in per_repeat]
         each = ", ".join(f"{r:.2f}" for r in runs if r is not None)
         suffix = f"   per repeat: {each}" if len(per_repeat) > 1 else ""
-        print(f"{text + ':':<44} {value:.3f} {verdict}{suffix}")
+        print(f"{text + ':':<42} {value:.3f} {verdict}{suffix}")
+    noisy = [figures.outside_share() or 0.0 for cells in per_repeat for figures in cells.values()]
+    if noisy and max(noisy) > NOISE_LIMIT:
+        estimates = ", ".join(
+            f"{top}/{bottom} {value:.2f}"
+            for top, bottom, _, _ in lines
+            if (value := ratio(pooled, top, bottom, adjusted=True)) is not None
+        )
+        print(
+            f"warning: other processes used up to {max(noisy):.0%} of the CPUs during a run "
+            f"('other'); the ratios are disturbed. Estimate with each case's req/s scaled to "
+            f"the CPU left to it: {estimates}. Rerun on a quiet machine to decide."
+        )
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seconds", type=float, default=5.0, help="measured seconds per run")
     parser.add_argument("--warmup", type=float, default=1.0, help="warm-up seconds per run")
-    parser.add_argument("--repeats", type=int, default=2, help="times to run the four cases")
+    parser.add_argument("--repeats", type=int, default=2, help="times to run the cases")
+    parser.add_argument(
+        "--cases", default="abcd", help="which cases to run (default abcd; ratios need a, b, d)"
+    )
     parser.add_argument(
         "--connections",
         type=int,
@@ -835,20 +918,15 @@ def main() -> int:
         help=f"gunicorn options of the production setup (default: {PRODUCTION_OPTIONS!r})",
     )
     parser.add_argument(
-        "--cases",
-        default="abcd",
-        help="which cases to run, e.g. ab (default abcd; the ratios need a, b and d)",
-    )
-    parser.add_argument(
         "--load-generator",
         choices=("auto", "wrk", "python"),
         default="auto",
-        help="wrk if installed (auto), or force one",
+        help="wrk when installed (auto), or force one",
     )
     parser.add_argument(
         "--log-level",
         default="WARNING",
-        help="LOG_LEVEL of the service and the web workers (INFO adds the service's access lines)",
+        help="LOG_LEVEL of the web workers and the service (INFO adds the service's access lines)",
     )
     parser.add_argument("--role", help=argparse.SUPPRESS)
     parser.add_argument("--parent-pid", type=int, default=0, help=argparse.SUPPRESS)

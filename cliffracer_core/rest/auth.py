@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import timedelta
 from typing import Any
 
 from django.contrib.auth import get_user_model
@@ -140,20 +141,26 @@ class TokenVerifyView(ThrottledTokenView, simplejwt_views.TokenVerifyView):
     serializer_class = TokenVerifySerializer
 
 
+# A session's user calls with a token minted per request; it need outlive only the calls.
+SESSION_TOKEN_LIFETIME = timedelta(minutes=5)
+
+
 def authorization_for(request: Request) -> str | None:
     """``Bearer <access token>`` naming the user DRF authenticated for ``request``, or None.
 
-    A request authenticated with an access token passes that token on. One authenticated
-    otherwise (a session: a person logged in to the admin, using the API docs) gets a
-    short-lived access token minted for that user, with the same claims as one from the token
-    endpoint.
+    A request authenticated with an access token passes that token on, as it was sent. One
+    authenticated otherwise (a session: a person logged in to the admin, using the API docs)
+    gets an access token minted for that user, with the same claims as one from the token
+    endpoint, that lives only as long as the request needs it.
     """
     if isinstance(request.auth, Token):
-        return f"Bearer {request.auth}"
+        # The header as sent: str(token) would sign it again.
+        return request.headers[AUTHORIZATION].strip()
     user = request.user
     if user is None or not user.is_authenticated:
         return None
     token = AccessToken.for_user(user)
+    token.set_exp(lifetime=SESSION_TOKEN_LIFETIME)
     for name, value in claims_for_user(user).items():
         token[name] = value
     return f"Bearer {token}"
@@ -163,9 +170,9 @@ def authorization_for(request: Request) -> str | None:
 def calls_as(request: Request) -> Iterator[None]:
     """Make the services called inside the block see the user DRF authenticated.
 
-    The middleware passes on the request's ``Authorization`` header as it came; this replaces
-    it with the identity the view actually authenticated, so that a session user's calls
-    carry a token and nothing else the client sent travels to a service.
+    The middleware passes on the request's bearer token as it came, whether DRF accepted it
+    or not; this replaces it with the identity the view actually authenticated, so that a
+    session user's calls carry a token too.
     """
     values = dict(current_headers.get() or {})
     values.pop(AUTHORIZATION, None)
