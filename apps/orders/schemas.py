@@ -15,6 +15,8 @@ from django.core.exceptions import ValidationError as DjangoValidationError
 from django.core.validators import validate_email
 from pydantic import AfterValidator, BaseModel, Field
 
+from apps.inventory.schemas import MAX_QUANTITY, SKU_PATTERN
+
 OrderStatus = Literal["pending_payment", "paid", "payment_failed"]
 
 
@@ -30,8 +32,8 @@ Email = Annotated[str, Field(max_length=254), AfterValidator(_check_email)]
 
 
 class OrderLineRequest(BaseModel):
-    sku: str = Field(min_length=1, max_length=64)
-    quantity: int = Field(ge=1)
+    sku: str = Field(min_length=1, max_length=64, pattern=SKU_PATTERN)
+    quantity: int = Field(ge=1, le=MAX_QUANTITY)
 
 
 class CreateOrder(BaseModel):
@@ -40,7 +42,8 @@ class CreateOrder(BaseModel):
     customer_id: int = Field(ge=1)
     customer_email: Email
     lines: list[OrderLineRequest] = Field(min_length=1, max_length=100)
-    payment_token: str = Field(min_length=1, max_length=200)
+    # Printable ASCII: it is stored with the payment, and PostgreSQL text cannot hold a NUL.
+    payment_token: str = Field(min_length=1, max_length=200, pattern=r"^[\x21-\x7e]+$")
 
 
 class OrderPlaced(BaseModel):
