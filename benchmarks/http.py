@@ -11,7 +11,8 @@ serves it), which stay up for the whole run. Then, for each case, it starts a fr
 warms it up and loads it with a real load generator (wrk when it is installed, otherwise a
 Python one run as a separate process):
 
-* (a) a DRF view returning a constant, on the production setup (gunicorn gthread workers);
+* (a) a DRF view returning a constant, on the production setup: gunicorn sync workers, one
+  more than the CPUs (docs/deployment.md);
 * (b) a DRF view making one RPC with the sync client ``call("bench.echo", ...)``, same setup;
 * (c) the RPC gateway ``POST /api/rpc/bench/echo``, same setup;
 * (d) the view of (a) under ``gunicorn -w 2`` (sync workers): the baseline.
@@ -102,11 +103,13 @@ class BenchService(Service):
 # The cases
 
 
-# The documented production HTTP setup (docs/deployment.md): gunicorn's options.
-PRODUCTION_OPTIONS = "-w 2 -k gthread --threads 4"
-
-
-BASELINE_OPTIONS = ["-w", "2"]  # (d): gunicorn's default sync workers
+# The documented production HTTP setup (docs/deployment.md): gunicorn's sync workers, one more
+# than the CPUs, serving settings.wsgi. Not gthread: its threads cost CPU on every request and a
+# keep-alive connection stays with the worker that accepted it (often all 16 on one of two).
+PRODUCTION_OPTIONS = f"-w {(os.cpu_count() or 1) + 1} --timeout 30" + (
+    " --worker-tmp-dir /dev/shm" if os.path.isdir("/dev/shm") else ""
+)
+BASELINE_OPTIONS = ["-w", "2"]  # (d): gunicorn's default sync workers, two of them
 
 
 @dataclass(frozen=True)
