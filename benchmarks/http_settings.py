@@ -1,4 +1,4 @@
-"""Settings of ``benchmarks/http.py``: the project's own, with the benchmark's two extra views.
+"""Settings of ``benchmarks/http_serving.py``: the project's own, with two extra views.
 
 Everything else (middleware, CorrelationIdMiddleware included; REST framework defaults; logging)
 is the project's production configuration. Used by the benchmark's servers and its service.

@@ -1,4 +1,4 @@
-"""URLs of ``benchmarks/http.py``: the project's URLs plus the two benchmark views."""
+"""URLs of ``benchmarks/http_serving.py``: the project's URLs plus the two benchmark views."""
 
 from django.urls import path
 

@@ -1,8 +1,8 @@
-"""The views of ``benchmarks/http.py`` (benchmark-only; not part of the project's URLs).
+"""The views of ``benchmarks/http_serving.py`` (benchmark-only; not part of the project's URLs).
 
 * ``ConstantView``: the cost of Django + DRF + the project's middleware, nothing else.
 * ``OneRpcView``: the same, plus one RPC through the sync client ``call()`` to the benchmark
-  service ``bench`` (see ``benchmarks/http.py``), whose reply it returns.
+  service ``bench`` (see ``benchmarks/http_serving.py``), whose reply it returns.
 """
 
 from __future__ import annotations

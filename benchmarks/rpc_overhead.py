@@ -83,8 +83,14 @@ class EchoService(Service):
 
     name = SERVICE_NAME
 
-    @rpc
+    # Public, as the raw responder is: the comparison is of the RPC exchange itself.
+    @rpc(public=True)
     async def echo(self, req: EchoRequest) -> EchoReply:
+        return EchoReply(id=req.id, name=req.name, values=req.values)
+
+    # The same behind a token (--auth): what identity checks add to a call.
+    @rpc
+    async def echo_authenticated(self, req: EchoRequest) -> EchoReply:
         return EchoReply(id=req.id, name=req.name, values=req.values)
 
 
@@ -185,12 +191,18 @@ async def load(
     else:
         from cliffracer_core.client import acall
         from cliffracer_core.connection import close_connection, get_connection
+        from cliffracer_core.context import current_headers
 
         await get_connection()
+        authenticated = os.environ.get("BENCH_AUTH") == "1"
+        if not authenticated:
+            # An anonymous caller (an empty message context: no system identity lent).
+            current_headers.set({})
+        target = f"{TARGET}_authenticated" if authenticated else TARGET
 
         async def call(number: int) -> bool:
             reply = await acall(
-                TARGET,
+                target,
                 EchoRequest(**request_fields(number)),
                 reply=EchoReply,
                 timeout=REQUEST_TIMEOUT,
@@ -475,6 +487,7 @@ def orchestrate(args: argparse.Namespace) -> int:
     print(
         f"{args.seconds:g} s per run after {args.warmup:g} s warm-up, {args.repeats} repeat(s), "
         f"concurrency 1 and {HIGH_CONCURRENCY}; service LOG_LEVEL {args.log_level}; "
+        f"endpoint {'with a token (--auth)' if args.auth else 'public, anonymous caller'}; "
         f"payload {json.dumps(request_fields(1))}"
     )
     cells = {
@@ -494,6 +507,7 @@ def orchestrate(args: argparse.Namespace) -> int:
             # The service's log level: WARNING leaves out the one access line per request
             # (cliffracer.access, INFO); --log-level INFO measures with it written.
             LOG_LEVEL=args.log_level,
+            BENCH_AUTH="1" if args.auth else "0",
             PYTHONUNBUFFERED="1",
         )
         children = Children(Path(directory), environment)
@@ -576,6 +590,11 @@ def main() -> int:
         "--log-level",
         default="WARNING",
         help="the Cliffracer service's LOG_LEVEL (INFO writes one access line per request)",
+    )
+    parser.add_argument(
+        "--auth",
+        action="store_true",
+        help="call an endpoint that requires a token (the caller sends the system identity's)",
     )
     parser.add_argument("--role", help=argparse.SUPPRESS)
     parser.add_argument("--parent-pid", type=int, default=0, help=argparse.SUPPRESS)
