@@ -289,15 +289,8 @@ class ServiceRunner:
     async def handle_request(self, message: Msg) -> None:
         """Answer one RPC request; never raises."""
         started = time.perf_counter_ns()
-        received = message.headers
-        values = (
-            {name: received[name] for name in PROPAGATED if name in received} if received else {}
-        )
-        caller_correlation_id = values.get(CORRELATION_ID)
-        correlation_id = caller_correlation_id or new_correlation_id()
-        values[CORRELATION_ID] = correlation_id
-        current_headers.set(values)
-        current_subject.set(message.subject)
+        values, caller_correlation_id = enter_message(message)
+        correlation_id = values[CORRELATION_ID]
         name = message.subject[len(self.prefix) :]
         current_endpoint.set(name)
         self._track("rpc", name, correlation_id)
@@ -370,13 +363,7 @@ class ServiceRunner:
     async def handle_event(self, event: Event, message: Msg) -> None:
         """Run one event handler; failures are logged and counted, never raised."""
         started = time.perf_counter_ns()
-        received = message.headers
-        values = (
-            {name: received[name] for name in PROPAGATED if name in received} if received else {}
-        )
-        values[CORRELATION_ID] = values.get(CORRELATION_ID) or new_correlation_id()
-        current_headers.set(values)
-        current_subject.set(message.subject)
+        values, _ = enter_message(message)
         current_endpoint.set(event.attribute)
         current_caller.set(event_caller(values.get(AUTHORIZATION)))
         self._track("event", event.attribute, values[CORRELATION_ID])
@@ -504,6 +491,18 @@ class ServiceRunner:
                 await aclose_old_connections()
             except Exception:  # noqa: BLE001
                 logger.warning("Closing old database connections failed", exc_info=True)
+
+
+def enter_message(message: Msg) -> tuple[dict[str, str], str | None]:
+    """Make ``message`` the current one: its propagated headers (with a correlation id, made
+    when it brought none) and its subject. Returns the headers and the id the sender chose."""
+    received = message.headers
+    values = {name: received[name] for name in PROPAGATED if name in received} if received else {}
+    sent_correlation_id = values.get(CORRELATION_ID)
+    values[CORRELATION_ID] = sent_correlation_id or new_correlation_id()
+    current_headers.set(values)
+    current_subject.set(message.subject)
+    return values, sent_correlation_id
 
 
 def event_caller(authorization: str | None) -> Caller | None:

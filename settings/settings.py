@@ -6,7 +6,6 @@ DATABASE_URL, NATS_URL, LOG_LEVEL.
 """
 
 import os
-import tempfile
 from datetime import timedelta
 from pathlib import Path
 
@@ -14,6 +13,7 @@ import dj_database_url
 from django.core.management.utils import get_random_secret_key
 
 from cliffracer_core.auth.keys import load_keys
+from cliffracer_core.files import write_once
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 # Local state (SQLite, NATS data, logs, the generated secret key); VAR_DIR moves it.
@@ -44,14 +44,7 @@ def local_secret_key(path: Path) -> str:
     temporary file and linked into place: the first link wins and nobody reads a partial file.
     """
     if not path.exists():
-        with tempfile.NamedTemporaryFile("w", dir=path.parent, delete=False) as handle:
-            handle.write(get_random_secret_key())
-        try:
-            os.link(handle.name, path)
-        except FileExistsError:
-            pass
-        finally:
-            os.unlink(handle.name)
+        write_once(path, get_random_secret_key())
     return path.read_text().strip()
 
 

@@ -9,11 +9,12 @@ development checkout generates a pair once under ``var/`` (never in the reposito
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
+
+from cliffracer_core.files import write_once
 
 
 def _from_environment(name: str) -> str | None:
@@ -22,19 +23,6 @@ def _from_environment(name: str) -> str | None:
     if path := os.environ.get(f"{name}_FILE"):
         return Path(path).read_text()
     return None
-
-
-def _write_once(path: Path, content: str) -> None:
-    """Create ``path`` atomically; when several processes race, the first one wins."""
-    with tempfile.NamedTemporaryFile("w", dir=path.parent, delete=False) as handle:
-        handle.write(content)
-    os.chmod(handle.name, 0o600)
-    try:
-        os.link(handle.name, path)
-    except FileExistsError:
-        pass
-    finally:
-        os.unlink(handle.name)
 
 
 def generate_pair() -> tuple[str, str]:
@@ -73,10 +61,10 @@ def load_keys(var_dir: Path) -> tuple[str, str]:
     if not private_path.exists():
         # Both halves live in one file first, so a race cannot pair two different keys.
         private, public = generate_pair()
-        _write_once(private_path, private + public)
+        write_once(private_path, private + public)
     combined = private_path.read_text()
     marker = "-----BEGIN PUBLIC KEY-----"
     private, public = combined.split(marker)[0], marker + combined.split(marker)[1]
     if not public_path.exists():
-        _write_once(public_path, public)
+        write_once(public_path, public)
     return private, public

@@ -5,8 +5,9 @@ brings its share of every role with it. The codenames are written out here, not 
 a migration is history and must keep doing what it did. docs/rest.md has the whole table.
 """
 
-from django.contrib.auth.management import create_permissions
 from django.db import migrations
+
+from cliffracer_core.roles import role_grants
 
 APP_LABEL = "notifications"
 
@@ -23,40 +24,7 @@ ROLES = {
 }
 
 
-def grant_roles(apps, schema_editor):
-    database = schema_editor.connection.alias
-    # In a fresh database the permissions do not exist yet: post_migrate creates them only
-    # after every migration ran. Create this app's now, from the models as of this migration.
-    app_config = apps.get_app_config(APP_LABEL)
-    app_config.models_module = True
-    create_permissions(app_config, verbosity=0, using=database, apps=apps)
-    app_config.models_module = None
-
-    Group = apps.get_model("auth", "Group")
-    Permission = apps.get_model("auth", "Permission")
-    for role, codenames in ROLES.items():
-        permissions = list(
-            Permission.objects.using(database).filter(
-                content_type__app_label=APP_LABEL, codename__in=codenames
-            )
-        )
-        missing = set(codenames) - {permission.codename for permission in permissions}
-        if missing:
-            raise RuntimeError(f"{APP_LABEL} has no permissions {sorted(missing)}.")
-        group, _ = Group.objects.using(database).get_or_create(name=role)
-        group.permissions.add(*permissions)
-
-
-def revoke_roles(apps, schema_editor):
-    database = schema_editor.connection.alias
-    Group = apps.get_model("auth", "Group")
-    Permission = apps.get_model("auth", "Permission")
-    for group in Group.objects.using(database).filter(name__in=ROLES):
-        group.permissions.remove(
-            *Permission.objects.using(database).filter(
-                content_type__app_label=APP_LABEL, codename__in=ROLES[group.name]
-            )
-        )
+grant_roles, revoke_roles = role_grants(APP_LABEL, ROLES)
 
 
 class Migration(migrations.Migration):
