@@ -871,6 +871,32 @@ def ratio(cells: dict[str, Figures], top: str, bottom: str, adjusted: bool = Fal
     return cells[top].throughput / cells[bottom].throughput
 
 
+def report_ceiling(pooled: dict[str, Figures]) -> None:
+    """Print the best (b)/(a) this box allows if the web worker's side of an RPC cost nothing.
+
+    Every case is CPU-bound on a small box, so req/s is the CPUs over the CPU µs a request
+    costs everywhere. With a free client, (b) would still cost (a)'s CPU plus the service's and
+    nats-server's share of the RPC; that sum bounds (b)/(a) whatever the web tier does.
+    """
+    if "a" not in pooled or "b" not in pooled:
+        return
+    constant, one_rpc = pooled["a"], pooled["b"]
+    names = ("web", "service", "nats", "load")
+    a_cpu = [constant.cpu_per_request_us(name) for name in names]
+    b_cpu = [one_rpc.cpu_per_request_us(name) for name in names]
+    if None in a_cpu or None in b_cpu:
+        return
+    a_web, a_service, a_nats, a_load = a_cpu
+    b_web, b_service, b_nats, b_load = b_cpu
+    a_total = a_web + a_service + a_nats + a_load
+    b_rest = (b_service - a_service) + (b_nats - a_nats) + max(0.0, b_load - a_load)
+    print(
+        f"{'ceiling for (b)/(a) with a free client:':<42} {a_total / (a_total + b_rest):.3f} "
+        f"((a) costs {a_total:.0f} µs of CPU; the RPC adds {b_rest:.0f} µs outside the web "
+        f"worker and {b_web - a_web:.0f} µs inside it)"
+    )
+
+
 def report_ratios(pooled: dict[str, Figures], per_repeat: list[dict[str, Figures]]) -> None:
     lines = [
         ("b", "a", RPC_BAR, "(b) one-RPC view / (a) constant view"),
@@ -889,6 +915,7 @@ def report_ratios(pooled: dict[str, Figures], per_repeat: list[dict[str, Figures
         each = ", ".join(f"{r:.2f}" for r in runs if r is not None)
         suffix = f"   per repeat: {each}" if len(per_repeat) > 1 else ""
         print(f"{text + ':':<42} {value:.3f} {verdict}{suffix}")
+    report_ceiling(pooled)
     noisy = [figures.outside_share() or 0.0 for cells in per_repeat for figures in cells.values()]
     if noisy and max(noisy) > NOISE_LIMIT:
         estimates = ", ".join(
