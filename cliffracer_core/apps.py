@@ -17,6 +17,7 @@ class CliffracerCoreConfig(AppConfig):
 
     def ready(self) -> None:
         from cliffracer_core import checks  # noqa: F401  (registers the system checks)
+        from cliffracer_core.channels import checks as channels_checks  # noqa: F401
 
 
 class ServiceAppConfig(AppConfig):

@@ -109,6 +109,32 @@ async def get_connection() -> NatsClient:
         return client
 
 
+async def persistent_connection(role: str = "web") -> NatsClient:
+    """Return this loop's shared connection, made to reconnect forever.
+
+    For a long-lived loop that holds subscriptions (a web process's WebSocket hub and channel
+    layer): a connection that gave up after an outage would lose them, so this one never
+    gives up, and it replaces a give-up-after-a-few-attempts one that ``get_connection``
+    opened earlier on the same loop.
+    """
+    loop = asyncio.get_running_loop()
+    client = _connections.get(loop)
+    if client is not None and not client.is_closed and client in _persistent:
+        return client
+    lock = _locks.setdefault(loop, asyncio.Lock())
+    async with lock:
+        client = _connections.get(loop)
+        if client is None or client.is_closed or client not in _persistent:
+            client = await connect(role=role)
+            _persistent.add(client)
+            _connections[loop] = client
+        return client
+
+
+# Connections opened by persistent_connection (they reconnect forever).
+_persistent: weakref.WeakSet[NatsClient] = weakref.WeakSet()
+
+
 def set_connection(client: NatsClient, loop: asyncio.AbstractEventLoop | None = None) -> None:
     """Make ``client`` the shared connection of ``loop`` (a service shares its own)."""
     _connections[loop or asyncio.get_running_loop()] = client

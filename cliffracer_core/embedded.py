@@ -110,8 +110,12 @@ class NatsServer:
         jetstream: bool = True,
         log_file: Path | None = None,
         start_new_session: bool = False,
+        monitor_port: int | None = None,
     ) -> None:
         self.host = host
+        # nats-server's HTTP monitoring (/varz, /connz, /subsz) on this port, when set; 0
+        # picks a free one.
+        self.monitor_port = free_port(host) if monitor_port == 0 else monitor_port
         self._port_chosen = port == 0
         self.port = port or free_port(host)
         self.store_dir = Path(store_dir) if store_dir is not None else None
@@ -187,7 +191,19 @@ class NatsServer:
         command = [find_binary(), "-a", self.host, "-p", str(self.port), "-n", self.name]
         if self.jetstream:
             command += ["-js", "-sd", str(self._store())]
+        if self.monitor_port:
+            command += ["-m", str(self.monitor_port)]
         return command
+
+    def monitor(self, path: str) -> dict[str, Any]:
+        """GET a monitoring endpoint (``"connz?subs=1"``) as JSON; needs ``monitor_port``."""
+        import urllib.request
+
+        if not self.monitor_port:
+            raise RuntimeError("This nats-server was started without monitor_port.")
+        url = f"http://{self.host}:{self.monitor_port}/{path}"
+        with urllib.request.urlopen(url, timeout=5) as response:
+            return json.loads(response.read())
 
     def _store(self) -> Path:
         if self.store_dir is not None:

@@ -130,6 +130,9 @@ class Service:
     version: ClassVar[str | None] = None
     description: ClassVar[str | None] = None
     app_label: ClassVar[str | None] = None
+    # Who may subscribe or publish to this service's subjects over WebSocket:
+    # ``SubjectRule``s or dicts as in the ``SUBJECT_RULES`` setting (docs/websocket.md).
+    subject_rules: ClassVar[Sequence[Any]] = ()
 
     _handlers: ClassVar[tuple[dict[str, Rpc], list[Event], list[Timer]] | None] = None
 

@@ -48,6 +48,50 @@ DEFAULTS: dict[str, Any] = {
     # A system token minted elsewhere (manage.py issue_system_token), for processes that
     # hold only the public key.
     "SYSTEM_TOKEN": None,
+    # The WebSocket endpoint /ws/events/ (docs/websocket.md). A project's WEBSOCKET dict
+    # overrides these keys one by one.
+    "WEBSOCKET": {
+        # Largest text frame accepted, in bytes (daphne's own limit is 1 MiB).
+        "MAX_FRAME_BYTES": 64 * 1024,
+        # Bad frames (malformed, unknown, too large) a socket may send before it is closed.
+        "MAX_BAD_FRAMES": 10,
+        # Seconds a socket has to authenticate after it connects.
+        "AUTH_TIMEOUT": 10.0,
+        # Subscriptions one socket may hold, and calls it may have waiting at once.
+        "MAX_SUBSCRIPTIONS": 100,
+        "MAX_CALLS_IN_FLIGHT": 16,
+        # Event frames waiting for one socket, and bytes the web server may hold unsent for it,
+        # before the socket counts as slow; then SLOW_CLIENT_POLICY applies: "close" (4429)
+        # or "drop" (events are dropped until it catches up, then it is told how many).
+        "QUEUE_SIZE": 1000,
+        "SLOW_CLIENT_BYTES": 1024 * 1024,
+        "SLOW_CLIENT_POLICY": "close",
+    },
+    # Who may subscribe or publish to which subjects over WebSocket, besides the rules the
+    # service classes declare: [{"subject": "orders.*", "subscribe": ["orders.view_order"],
+    # "publish": None}, ...]. A list of permissions (all required; [] = any signed-in user),
+    # or None = nobody. "{user_id}" in a subject is the caller's own id.
+    "SUBJECT_RULES": [],
+    # Prometheus metrics of each runservice process (docs/metrics.md): the ports its /metrics
+    # may take, "9400-9499" (the first free one, so that many processes on one host do not
+    # collide) or "9400"; "" or 0 turns them off. ``runservice --metrics-port`` overrides it.
+    "METRICS_PORTS": "9400-9499",
+    # The address those ports bind to: loopback unless Prometheus scrapes from another host
+    # ("0.0.0.0", or better the host's private address).
+    "METRICS_HOST": "127.0.0.1",
+    # The host name or address advertised to Prometheus in $SRV.INFO; None: METRICS_HOST, or
+    # the machine's host name when METRICS_HOST is 0.0.0.0 or ::.
+    "METRICS_ADVERTISED_HOST": None,
+    # Who may read the web process's /metrics: addresses or networks. A request's address and
+    # every address in its X-Forwarded-For must be in one (docs/metrics.md).
+    "METRICS_ALLOWED_IPS": [
+        "127.0.0.0/8",
+        "::1/128",
+        "10.0.0.0/8",
+        "172.16.0.0/12",
+        "192.168.0.0/16",
+        "fc00::/7",
+    ],
 }
 
 # Settings that deployments set through the environment.
@@ -55,6 +99,9 @@ ENVIRONMENT_OVERRIDES: dict[str, str] = {
     "NATS_URL": "NATS_URL",
     "INSPECT_SECRET": "CLIFFRACER_INSPECT_SECRET",
     "SYSTEM_TOKEN": "CLIFFRACER_SYSTEM_TOKEN",
+    "METRICS_PORTS": "CLIFFRACER_METRICS_PORTS",
+    "METRICS_HOST": "CLIFFRACER_METRICS_HOST",
+    "METRICS_ADVERTISED_HOST": "CLIFFRACER_METRICS_ADVERTISED_HOST",
 }
 
 
@@ -80,6 +127,8 @@ class CliffracerSettings:
             value = os.environ[environment_name]
         elif name in self.user_settings:
             value = self.user_settings[name]
+            if isinstance(value, dict) and isinstance(self.defaults[name], dict):
+                value = {**self.defaults[name], **value}
         else:
             value = self.defaults[name]
         self._cached.add(name)

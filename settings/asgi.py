@@ -1,4 +1,4 @@
-"""ASGI entrypoint, served by daphne: HTTP now, WebSocket routes join the router later."""
+"""ASGI entrypoint, served by daphne: HTTP, and WebSocket at /ws/events/."""
 
 import os
 
@@ -14,6 +14,12 @@ set_process_role("web")
 # Set Django up before anything imports models (consumers, routing).
 django_application = get_asgi_application()
 
-from channels.routing import ProtocolTypeRouter  # noqa: E402
+from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 
-application = ProtocolTypeRouter({"http": django_application})
+from cliffracer_core.channels.routing import websocket_urlpatterns  # noqa: E402
+
+# No AuthMiddlewareStack: the consumer reads a session cookie itself, and only from pages of
+# this site (Origin), while token clients (any Origin, or none) authenticate with a frame.
+application = ProtocolTypeRouter(
+    {"http": django_application, "websocket": URLRouter(websocket_urlpatterns)}
+)

@@ -6,10 +6,14 @@ Messages are recorded, not sent; a real shop would hand them to an email service
 from __future__ import annotations
 
 from decimal import Decimal
+from functools import partial
 
+from django.db import transaction
 from django.db.models import QuerySet
 
 from apps.notifications.models import Notification
+from apps.notifications.schemas import UserNotification
+from cliffracer_core import publish
 
 # The order status an orders.* event announces, and what the customer is told about it.
 KIND_BY_ORDER_STATUS = {
@@ -37,7 +41,7 @@ def notification_for_order_status(
     kind = KIND_BY_ORDER_STATUS.get(status)
     if kind is None:
         return None
-    notification, _ = Notification.objects.get_or_create(
+    notification, created = Notification.objects.get_or_create(
         order_id=order_id,
         kind=kind,
         defaults={
@@ -46,6 +50,18 @@ def notification_for_order_status(
             "message": MESSAGES[kind].format(order_id=order_id, total=total),
         },
     )
+    if created:
+        # The customer's open pages hear it live (WebSocket subscribers of their own subject),
+        # once it is committed.
+        event = UserNotification(
+            notification_id=notification.pk,
+            order_id=order_id,
+            kind=kind,
+            status=status,
+            message=notification.message,
+            created_at=notification.created_at,
+        )
+        transaction.on_commit(partial(publish, f"notifications.user.{customer_id}", event))
     return notification
 
 

@@ -1,4 +1,4 @@
-"""The notifications service's public contract: its RPC requests and replies."""
+"""The notifications service's public contract: its RPC requests and replies, and its event."""
 
 from __future__ import annotations
 
@@ -26,3 +26,14 @@ class NotificationOut(BaseModel):
 class CustomerNotifications(BaseModel):
     customer_id: int
     notifications: list[NotificationOut]
+
+
+class UserNotification(BaseModel):
+    """Published on ``notifications.user.<customer id>`` when a customer is told something."""
+
+    notification_id: int
+    order_id: int
+    kind: str
+    status: str
+    message: str
+    created_at: datetime

@@ -6,10 +6,17 @@ from apps.notifications import logic
 from apps.notifications.schemas import CustomerNotifications, ListForCustomer, NotificationOut
 from apps.orders.schemas import OrderEvent
 from cliffracer_core import Forbidden, Service, event, rpc
+from cliffracer_core.channels.rules import SubjectRule
 
 
 class NotificationsService(Service):
     """Tells customers what happened to their orders."""
+
+    # Each user hears their own notifications live; who sees everyone's hears them all.
+    subject_rules = [
+        SubjectRule("notifications.user.{user_id}", subscribe=()),
+        SubjectRule("notifications.user.*", subscribe=("notifications.view_all_notifications",)),
+    ]
 
     @event("orders.*")
     def on_order_event(self, order: OrderEvent) -> None:

@@ -14,10 +14,15 @@ from apps.orders.schemas import (
 from apps.payments.schemas import PaymentCompleted, PaymentFailed
 from cliffracer_core import Forbidden, Service, event, rpc
 from cliffracer_core.auth.identity import Caller
+from cliffracer_core.channels.rules import SubjectRule
 
 
 class OrdersService(Service):
     """Places orders (reserving their stock) and follows their payment."""
+
+    # Every order's events, live over WebSocket, for those who see every order (staff,
+    # operators); a customer follows their own through notifications.user.<id>.
+    subject_rules = [SubjectRule("orders.*", subscribe=("orders.view_all_orders",))]
 
     @rpc(permission="orders.add_order")
     def create_order(self, request: CreateOrder) -> OrderPlaced:

@@ -60,6 +60,10 @@ class TokenVerifier:
 
     def caller(self, authorization: str | None) -> Caller:
         """Return the caller an ``Authorization: Bearer <token>`` value names, or raise 401."""
+        return self.verify(authorization)[0]
+
+    def verify(self, authorization: str | None) -> tuple[Caller, float]:
+        """Return the caller and the time its token expires at (``time.time()``), or raise 401."""
         if not authorization:
             raise NotAuthenticated("Authentication credentials were not provided.")
         scheme, _, token = authorization.partition(" ")
@@ -69,14 +73,14 @@ class TokenVerifier:
         now = time.time()
         cached = self.cache.get(token)
         if cached is not None and cached[1] > now:
-            return cached[0]
-        caller, expires = self._verify(token)
+            return cached
+        verified = self._verify(token)
         with self.lock:
-            self.cache[token] = (caller, expires)
+            self.cache[token] = verified
             self.cache.move_to_end(token)
             while len(self.cache) > self.size:
                 self.cache.popitem(last=False)
-        return caller
+        return verified
 
     @staticmethod
     def _verify(token: str) -> tuple[Caller, float]:
@@ -149,6 +153,29 @@ class SystemIdentity:
 
 
 SYSTEM_TOKEN_LIFETIME = timedelta(minutes=30)
+# A session's user (the admin, the API docs, a same-site page) calls services with a token
+# minted for them; it need outlive only the calls it is used for.
+SESSION_TOKEN_LIFETIME = timedelta(minutes=5)
+
+
+def session_access_token(
+    user: Any,
+    *,
+    claims: dict[str, Any] | None = None,
+    lifetime: timedelta = SESSION_TOKEN_LIFETIME,
+) -> str:
+    """A short-lived access token for a session-authenticated ``user``.
+
+    It carries the same claims as one from the token endpoint; pass ``claims`` (from
+    ``claims_for_user``) to skip the database queries that read them.
+    """
+    from rest_framework_simplejwt.tokens import AccessToken
+
+    token = AccessToken.for_user(user)
+    token.set_exp(lifetime=lifetime)
+    for name, value in (claims if claims is not None else claims_for_user(user)).items():
+        token[name] = value
+    return str(token)
 
 
 def mint_system_token(lifetime: timedelta = SYSTEM_TOKEN_LIFETIME) -> str:

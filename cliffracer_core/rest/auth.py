@@ -11,7 +11,6 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import timedelta
 from typing import Any
 
 from django.contrib.auth import get_user_model
@@ -30,9 +29,9 @@ from rest_framework_simplejwt.serializers import (
 )
 from rest_framework_simplejwt.serializers import TokenVerifySerializer
 from rest_framework_simplejwt.settings import api_settings as jwt_settings
-from rest_framework_simplejwt.tokens import AccessToken, Token
+from rest_framework_simplejwt.tokens import Token
 
-from cliffracer_core.auth.tokens import claims_for_user
+from cliffracer_core.auth.tokens import claims_for_user, session_access_token
 from cliffracer_core.context import current_headers, message_context
 from cliffracer_core.headers import AUTHORIZATION
 
@@ -141,10 +140,6 @@ class TokenVerifyView(ThrottledTokenView, simplejwt_views.TokenVerifyView):
     serializer_class = TokenVerifySerializer
 
 
-# A session's user calls with a token minted per request; it need outlive only the calls.
-SESSION_TOKEN_LIFETIME = timedelta(minutes=5)
-
-
 def authorization_for(request: Request) -> str | None:
     """``Bearer <access token>`` naming the user DRF authenticated for ``request``, or None.
 
@@ -159,11 +154,7 @@ def authorization_for(request: Request) -> str | None:
     user = request.user
     if user is None or not user.is_authenticated:
         return None
-    token = AccessToken.for_user(user)
-    token.set_exp(lifetime=SESSION_TOKEN_LIFETIME)
-    for name, value in claims_for_user(user).items():
-        token[name] = value
-    return f"Bearer {token}"
+    return f"Bearer {session_access_token(user)}"
 
 
 @contextmanager

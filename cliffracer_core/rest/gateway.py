@@ -13,7 +13,6 @@ import logging
 import re
 import threading
 import time
-from datetime import timedelta
 from typing import Any
 
 from django.http import HttpResponse
@@ -24,9 +23,9 @@ from rest_framework.renderers import JSONRenderer
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
-from rest_framework_simplejwt.tokens import AccessToken, Token
+from rest_framework_simplejwt.tokens import Token
 
-from cliffracer_core.auth.tokens import claims_for_user
+from cliffracer_core.auth.tokens import session_access_token
 from cliffracer_core.client import call, run_sync, shared_connection
 from cliffracer_core.discovery import request_all
 from cliffracer_core.errors import (
@@ -53,8 +52,6 @@ NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 DISCOVERY_WINDOW = 0.25
 DISCOVERY_TTL = 5.0
 KNOWN_FOR = 600.0
-# A session's user calls with a token minted per request; it need outlive only the call.
-SESSION_TOKEN_LIFETIME = timedelta(minutes=5)
 
 
 class UnknownService(NotFound):
@@ -136,11 +133,7 @@ def authorization_of(request: Request) -> str | None:
         return request.headers[AUTHORIZATION].strip()
     user = request.user
     if user is not None and user.is_authenticated:
-        token = AccessToken.for_user(user)
-        token.set_exp(lifetime=SESSION_TOKEN_LIFETIME)
-        for name, value in claims_for_user(user).items():
-            token[name] = value
-        return f"Bearer {token}"
+        return f"Bearer {session_access_token(user)}"
     if request.headers.get(AUTHORIZATION, "").strip():
         raise exceptions.AuthenticationFailed(
             "The Authorization header must read 'Bearer <access token>'.",

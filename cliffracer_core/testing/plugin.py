@@ -172,6 +172,102 @@ def runservice_process(
         process.stop()
 
 
+class WebProcess:
+    """A daphne process serving the project's ASGI application on a free loopback port."""
+
+    def __init__(self, label: str, *, log_path: Path, env: dict[str, str]) -> None:
+        from cliffracer_core.embedded import free_port
+
+        self.label = label
+        self.port = free_port("127.0.0.1")
+        self.log_path = log_path
+        self.log_file = open(log_path, "wb")  # noqa: SIM115  (closed in stop())
+        self.process = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "daphne",
+                "-b",
+                "127.0.0.1",
+                "-p",
+                str(self.port),
+                "settings.asgi:application",
+            ],
+            cwd=str(project_root()),
+            env=env,
+            stdout=self.log_file,
+            stderr=subprocess.STDOUT,
+        )
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def ws_url(self) -> str:
+        return f"ws://127.0.0.1:{self.port}"
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    def output(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def wait_listening(self, timeout: float = 30.0) -> WebProcess:
+        import socket
+
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                break
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
+            except OSError:
+                time.sleep(0.05)
+            else:
+                return self
+        raise RuntimeError(f"daphne {self.label} did not start:\n{self.output()[-4000:]}")
+
+    def stop(self, timeout: float = 15.0) -> int:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+        try:
+            code = self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            code = self.process.wait()
+        self.log_file.close()
+        return code
+
+
+@pytest.fixture
+def web_process(nats_server: NatsServer, tmp_path: Path) -> Iterator[Callable[..., WebProcess]]:
+    """Start the project's ASGI application under daphne, sharing the test database and NATS.
+
+    Call it once per web process wanted (``web_process("web1")``); each gets its own port.
+    Use it with ``transactional_db`` so the process sees what the test writes.
+    """
+    started: list[WebProcess] = []
+
+    def start(label: str = "web", **environment: str) -> WebProcess:
+        env = dict(os.environ)
+        env.update(
+            NATS_URL=nats_server.url,
+            DATABASE_URL=database_url(),
+            PYTHONUNBUFFERED="1",
+            DJANGO_SETTINGS_MODULE=os.environ.get("DJANGO_SETTINGS_MODULE", "settings.settings"),
+        )
+        env.update(environment)
+        process = WebProcess(label, log_path=tmp_path / f"{label}-{len(started)}.log", env=env)
+        started.append(process)
+        return process.wait_listening()
+
+    yield start
+    for process in reversed(started):
+        process.stop()
+
+
 def run_async(coroutine: Any) -> Any:
     """Run ``coroutine`` on a fresh loop, closing that loop's shared NATS connection after."""
     from cliffracer_core.connection import close_connection

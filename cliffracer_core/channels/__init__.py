@@ -1,0 +1,1 @@
+"""Django Channels integration: the WebSocket events endpoint and a NATS channel layer."""

@@ -1,0 +1,382 @@
+"""``/ws/events/``: NATS events to browsers, and browsers' calls and events to services.
+
+A socket authenticates (an ``auth`` frame with an access token, or a same-site session
+cookie), then subscribes to subject patterns the rules allow, calls RPCs and publishes events
+with its user's identity, exactly as the gateway and services check it. docs/websocket.md
+describes the protocol.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import time
+from typing import Any
+
+from channels.generic.websocket import AsyncWebsocketConsumer
+
+from cliffracer_core.auth.identity import Caller
+from cliffracer_core.auth.tokens import session_access_token, verifier
+from cliffracer_core.channels import protocol
+from cliffracer_core.channels.auth import caller_from_claims, session_identity
+from cliffracer_core.channels.backlog import unsent_bytes
+from cliffracer_core.channels.hub import get_hub
+from cliffracer_core.channels.push import user_group
+from cliffracer_core.channels.rules import configured_rules, may, subject_error
+from cliffracer_core.client import acall, apublish
+from cliffracer_core.context import new_correlation_id
+from cliffracer_core.errors import NotAuthenticated, RemoteError, ServiceError
+from cliffracer_core.headers import AUTHORIZATION, CORRELATION_ID
+from cliffracer_core.settings import cliffracer_settings
+
+logger = logging.getLogger("cliffracer.websocket")
+
+# A service or method name: one subject token, never a wildcard or a separator.
+NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+# A session user's minted token is renewed this long before it expires.
+TOKEN_RENEWAL_MARGIN = 60.0
+
+
+class EventsConsumer(AsyncWebsocketConsumer):
+    """One WebSocket client of the events protocol."""
+
+    async def connect(self) -> None:
+        self.limits: dict[str, Any] = cliffracer_settings.WEBSOCKET
+        self.caller: Caller | None = None
+        self.authorization: str | None = None  # the client's own token, as "Bearer ..."
+        self.session_user: Any = None
+        self.session_claims: dict[str, Any] = {}
+        self.session_token: tuple[str, float] | None = None
+        self.subjects: set[str] = set()
+        self.calls: set[asyncio.Task[None]] = set()
+        self.bad_frames = 0
+        self.dropped = 0
+        self.closing = False
+        self.expiry: asyncio.TimerHandle | None = None
+        self.outbox: asyncio.Queue[str] = asyncio.Queue(self.limits["QUEUE_SIZE"])
+        self.sender: asyncio.Task[None] | None = None
+        self.groups: list[str] = []
+        await self.accept()
+        identity = await session_identity(self.scope)
+        if identity is not None:
+            user, claims = identity
+            self.session_user, self.session_claims = user, claims
+            await self.ready(caller_from_claims(user.pk, claims), expires=None)
+        else:
+            self.schedule_close(self.limits["AUTH_TIMEOUT"], "no auth frame in time")
+
+    async def disconnect(self, code: int) -> None:
+        self.closing = True
+        if self.expiry is not None:
+            self.expiry.cancel()
+        for task in (*self.calls, *([self.sender] if self.sender else [])):
+            task.cancel()
+        hub = get_hub()
+        for subject in tuple(self.subjects):
+            await hub.leave(subject, self)
+        self.subjects.clear()
+        for group in self.groups:
+            await self.channel_layer.group_discard(group, self.channel_name)
+        self.groups.clear()
+
+    # Receiving
+
+    async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
+        if self.closing:
+            return
+        try:
+            if text_data is None:
+                raise protocol.BadFrame(400, "binary_frame", "Frames are JSON text, not binary.")
+            if len(text_data.encode()) > self.limits["MAX_FRAME_BYTES"]:
+                raise protocol.BadFrame(
+                    413,
+                    "frame_too_large",
+                    f"A frame is at most {self.limits['MAX_FRAME_BYTES']} bytes.",
+                )
+            frame = protocol.parse(text_data)
+        except protocol.BadFrame as bad:
+            await self.bad_frame(bad)
+            return
+        if self.caller is None and not isinstance(frame, protocol.Auth):
+            await self.close_with(protocol.CLOSE_NOT_AUTHENTICATED, "first frame was not auth")
+            return
+        try:
+            await self.dispatch_frame(frame)
+        except Exception:  # never a traceback to the client, never the process down
+            logger.exception("Handling a %s frame failed.", frame.type)
+            await self.send_text(
+                protocol.error_frame(
+                    getattr(frame, "id", None), 500, "internal_error", "The frame failed."
+                )
+            )
+
+    async def dispatch_frame(self, frame: Any) -> None:
+        match frame:
+            case protocol.Auth():
+                await self.authenticate(frame)
+            case protocol.Subscribe():
+                await self.subscribe(frame)
+            case protocol.Unsubscribe():
+                await self.unsubscribe(frame)
+            case protocol.Call():
+                self.start_call(frame)
+            case protocol.Publish():
+                await self.publish_event(frame)
+            case protocol.Ping():
+                await self.send_text(protocol.encode({"type": "pong", "id": frame.id}))
+
+    async def bad_frame(self, bad: protocol.BadFrame) -> None:
+        if self.caller is None:
+            await self.close_with(protocol.CLOSE_NOT_AUTHENTICATED, f"bad first frame: {bad.type}")
+            return
+        self.bad_frames += 1
+        await self.send_text(
+            protocol.error_frame(bad.id, bad.code, bad.type, bad.message, bad.details)
+        )
+        if self.bad_frames >= self.limits["MAX_BAD_FRAMES"]:
+            await self.close_with(protocol.CLOSE_BAD_FRAMES, "too many bad frames")
+
+    # Identity
+
+    async def authenticate(self, frame: protocol.Auth) -> None:
+        authorization = f"Bearer {frame.token.strip()}"
+        try:
+            caller, expires = verifier.verify(authorization)
+        except NotAuthenticated as error:
+            await self.close_with(protocol.CLOSE_NOT_AUTHENTICATED, error.message)
+            return
+        if caller.user_id is None:
+            # The system identity is for processes, not for sockets (as on HTTP).
+            await self.close_with(protocol.CLOSE_NOT_AUTHENTICATED, "not a user's token")
+            return
+        if self.caller is not None and self.caller.user_id != caller.user_id:
+            await self.close_with(protocol.CLOSE_NOT_AUTHENTICATED, "a socket has one user")
+            return
+        self.authorization = authorization
+        self.session_user = None
+        await self.ready(caller, expires=expires)
+
+    async def ready(self, caller: Caller, *, expires: float | None) -> None:
+        """Start (or, after a fresh token, extend) the socket's authenticated life."""
+        self.caller = caller
+        if self.expiry is not None:
+            self.expiry.cancel()
+            self.expiry = None
+        if expires is not None:
+            self.schedule_close(max(0.0, expires - time.time()), "the access token expired")
+        if self.sender is None:
+            self.sender = asyncio.create_task(self.send_events())
+            await self.join_user_group(caller)
+        user = {
+            "id": caller.user_id,
+            "username": caller.username,
+            "groups": sorted(caller.groups),
+            "permissions": sorted(caller.permissions),
+            "is_superuser": caller.is_superuser,
+        }
+        await self.send_text(protocol.encode({"type": "ready", "user": user}))
+
+    async def join_user_group(self, caller: Caller) -> None:
+        """Join the user's Channels group, so ``send_to_user`` reaches this socket."""
+        if self.channel_layer is None or caller.user_id is None:
+            return
+        group = user_group(caller.user_id)
+        try:
+            await self.channel_layer.group_add(group, self.channel_name)
+        except Exception as error:  # the socket works without pushes; say why they are missing
+            logger.warning("Joining the channel layer group %s failed: %s", group, error)
+        else:
+            self.groups.append(group)
+
+    async def cliffracer_frame(self, message: dict[str, Any]) -> None:
+        """A frame sent to this user's group (``send_to_user``), forwarded like an event."""
+        self.deliver(protocol.encode(message["frame"]))
+
+    async def bearer(self) -> str:
+        """The ``Authorization`` value this socket's calls and events carry."""
+        if self.authorization is not None:
+            return self.authorization
+        now = time.time()
+        if self.session_token is None or self.session_token[1] - now < TOKEN_RENEWAL_MARGIN:
+            token = session_access_token(self.session_user, claims=self.session_claims)
+            lifetime = session_lifetime()
+            self.session_token = (f"Bearer {token}", now + lifetime)
+        return self.session_token[0]
+
+    # Subscriptions
+
+    async def subscribe(self, frame: protocol.Subscribe) -> None:
+        assert self.caller is not None
+        if problem := subject_error(frame.subject, wildcards=True):
+            await self.refuse(frame.id, 400, "invalid_subject", problem)
+            return
+        if frame.subject in self.subjects:
+            await self.send_text(protocol.encode({"type": "subscribed", "id": frame.id}))
+            return
+        if not may(self.caller, frame.subject, "subscribe", configured_rules()):
+            await self.refuse(
+                frame.id, 403, "permission_denied", f"You may not subscribe to {frame.subject}."
+            )
+            return
+        if len(self.subjects) >= self.limits["MAX_SUBSCRIPTIONS"]:
+            await self.refuse(
+                frame.id,
+                429,
+                "too_many_subscriptions",
+                f"A socket holds at most {self.limits['MAX_SUBSCRIPTIONS']} subscriptions.",
+            )
+            return
+        try:
+            await get_hub().join(frame.subject, self)
+        except Exception as error:
+            logger.warning("Subscribing to %s failed: %s", frame.subject, error)
+            await self.refuse(frame.id, 503, "nats_unavailable", "NATS is not reachable.")
+            return
+        if self.closing:  # the socket went away while the subscription was being made
+            await get_hub().leave(frame.subject, self)
+            return
+        self.subjects.add(frame.subject)
+        await self.send_text(protocol.encode({"type": "subscribed", "id": frame.id}))
+
+    async def unsubscribe(self, frame: protocol.Unsubscribe) -> None:
+        if frame.subject not in self.subjects:
+            await self.refuse(
+                frame.id, 404, "not_subscribed", f"Not subscribed to {frame.subject}."
+            )
+            return
+        self.subjects.discard(frame.subject)
+        await get_hub().leave(frame.subject, self)
+        await self.send_text(protocol.encode({"type": "unsubscribed", "id": frame.id}))
+
+    # Calls and events
+
+    def start_call(self, frame: protocol.Call) -> None:
+        task = asyncio.create_task(self.call(frame))
+        self.calls.add(task)
+        task.add_done_callback(self.calls.discard)
+
+    async def call(self, frame: protocol.Call) -> None:
+        if len(self.calls) > self.limits["MAX_CALLS_IN_FLIGHT"]:
+            await self.refuse(
+                frame.id,
+                429,
+                "too_many_calls",
+                f"A socket may wait for at most {self.limits['MAX_CALLS_IN_FLIGHT']} calls.",
+            )
+            return
+        if not NAME.match(frame.service):
+            await self.refuse(frame.id, 404, "unknown_service", "No such service.")
+            return
+        if not NAME.match(frame.method):
+            await self.refuse(frame.id, 404, "unknown_endpoint", "No such endpoint.")
+            return
+        correlation_id = new_correlation_id()
+        headers = {AUTHORIZATION: await self.bearer(), CORRELATION_ID: correlation_id}
+        try:
+            data = await acall(f"{frame.service}.{frame.method}", frame.data, headers=headers)
+        except (RemoteError, ServiceError) as error:
+            await self.send_text(
+                protocol.error_frame(
+                    frame.id,
+                    error.code,
+                    error.type,
+                    error.message,
+                    error.details,
+                    correlation_id=correlation_id,
+                )
+            )
+            return
+        await self.send_text(
+            protocol.encode(
+                {"type": "reply", "id": frame.id, "data": data, "correlation_id": correlation_id}
+            )
+        )
+
+    async def publish_event(self, frame: protocol.Publish) -> None:
+        assert self.caller is not None
+        if problem := subject_error(frame.subject, wildcards=False):
+            await self.refuse(frame.id, 400, "invalid_subject", problem)
+            return
+        if not may(self.caller, frame.subject, "publish", configured_rules()):
+            await self.refuse(
+                frame.id, 403, "permission_denied", f"You may not publish to {frame.subject}."
+            )
+            return
+        correlation_id = new_correlation_id()
+        headers = {AUTHORIZATION: await self.bearer(), CORRELATION_ID: correlation_id}
+        try:
+            await apublish(frame.subject, frame.data, headers=headers)
+        except RemoteError as error:
+            await self.refuse(frame.id, error.code, error.type, error.message)
+            return
+        if frame.id is not None:
+            await self.send_text(
+                protocol.encode(
+                    {"type": "published", "id": frame.id, "correlation_id": correlation_id}
+                )
+            )
+
+    # Sending
+
+    def deliver(self, frame: str) -> None:
+        """Queue an event frame for this socket (called by the hub, never waits)."""
+        if self.closing:
+            return
+        backlog = unsent_bytes(self.base_send)
+        if self.outbox.full() or (
+            backlog is not None and backlog > self.limits["SLOW_CLIENT_BYTES"]
+        ):
+            self.too_slow()
+            return
+        if self.dropped:
+            # The client caught up after events were dropped: tell it how many it missed.
+            self.outbox.put_nowait(protocol.encode({"type": "dropped", "count": self.dropped}))
+            self.dropped = 0
+            if self.outbox.full():
+                return
+        self.outbox.put_nowait(frame)
+
+    def too_slow(self) -> None:
+        if self.limits["SLOW_CLIENT_POLICY"] == "drop":
+            self.dropped += 1
+            return
+        self.closing = True
+        logger.warning("Closing a socket that does not keep up with its events.")
+        asyncio.ensure_future(self.close(code=protocol.CLOSE_SLOW_CLIENT))
+
+    async def send_events(self) -> None:
+        outbox = self.outbox
+        while True:
+            frame = await outbox.get()
+            await self.base_send({"type": "websocket.send", "text": frame})
+
+    async def send_text(self, text: str) -> None:
+        await self.base_send({"type": "websocket.send", "text": text})
+
+    async def refuse(self, id: Any, code: int, type: str, message: str) -> None:
+        await self.send_text(protocol.error_frame(id, code, type, message))
+
+    # Closing
+
+    def schedule_close(self, delay: float, reason: str) -> None:
+        loop = asyncio.get_running_loop()
+        self.expiry = loop.call_later(
+            delay,
+            lambda: asyncio.ensure_future(
+                self.close_with(protocol.CLOSE_NOT_AUTHENTICATED, reason)
+            ),
+        )
+
+    async def close_with(self, code: int, reason: str) -> None:
+        if self.closing:
+            return
+        self.closing = True
+        logger.info("Closing a socket (%s): %s.", code, reason)
+        await self.close(code=code)
+
+
+def session_lifetime() -> float:
+    from cliffracer_core.auth.tokens import SESSION_TOKEN_LIFETIME
+
+    return SESSION_TOKEN_LIFETIME.total_seconds()

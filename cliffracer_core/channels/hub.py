@@ -1,0 +1,111 @@
+"""One NATS subscription per subscribed subject pattern, shared by every socket of the process.
+
+A thousand browsers watching ``orders.*`` cost the web process one NATS subscription, and each
+event is turned into a frame once; the hub hands that frame to every socket that subscribed.
+The last socket to leave a pattern drops its subscription.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import weakref
+from typing import Protocol
+
+from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
+
+from cliffracer_core.channels.protocol import event_frame
+from cliffracer_core.connection import persistent_connection
+from cliffracer_core.headers import CORRELATION_ID
+
+logger = logging.getLogger("cliffracer.websocket")
+
+# How long to wait for the server to confirm a new subscription before answering the socket.
+SUBSCRIBE_TIMEOUT = 5.0
+
+
+class Listener(Protocol):
+    """What the hub needs of a socket: somewhere to put an event frame, without waiting."""
+
+    def deliver(self, frame: str) -> None: ...
+
+
+class Pattern:
+    """The sockets listening to one subject pattern, and its NATS subscription."""
+
+    def __init__(self, subject: str) -> None:
+        self.subject = subject
+        self.listeners: set[Listener] = set()
+        self.subscription: Subscription | None = None
+
+    async def on_message(self, message: Msg) -> None:
+        headers = message.headers
+        frame = event_frame(
+            message.subject, message.data, headers.get(CORRELATION_ID) if headers else None
+        )
+        for listener in tuple(self.listeners):
+            try:
+                listener.deliver(frame)
+            except Exception:  # one broken socket must not stop the others' events
+                logger.exception("Delivering an event on %s to a socket failed.", message.subject)
+
+
+class Hub:
+    """The process's (the event loop's) shared subscriptions."""
+
+    def __init__(self) -> None:
+        self.patterns: dict[str, Pattern] = {}
+        self.lock = asyncio.Lock()
+
+    async def join(self, subject: str, listener: Listener) -> None:
+        """Deliver events on ``subject`` to ``listener``; raises if NATS cannot confirm it."""
+        async with self.lock:
+            pattern = self.patterns.get(subject)
+            if pattern is None:
+                connection = await persistent_connection()
+                pattern = Pattern(subject)
+                pattern.subscription = await connection.subscribe(subject, cb=pattern.on_message)
+                try:
+                    # Once the server has the subscription, an event published after the
+                    # socket hears "subscribed" reaches it.
+                    await connection.flush(timeout=SUBSCRIBE_TIMEOUT)
+                except Exception:
+                    await _unsubscribe(pattern)
+                    raise
+                self.patterns[subject] = pattern
+            pattern.listeners.add(listener)
+
+    async def leave(self, subject: str, listener: Listener) -> None:
+        async with self.lock:
+            pattern = self.patterns.get(subject)
+            if pattern is None:
+                return
+            pattern.listeners.discard(listener)
+            if not pattern.listeners:
+                del self.patterns[subject]
+                await _unsubscribe(pattern)
+
+    def subscription_count(self) -> int:
+        return len(self.patterns)
+
+
+async def _unsubscribe(pattern: Pattern) -> None:
+    if pattern.subscription is None:
+        return
+    try:
+        await pattern.subscription.unsubscribe()
+    except Exception as error:  # a closed or reconnecting connection: nothing left to undo
+        logger.info("Unsubscribing from %s: %s", pattern.subject, error)
+
+
+_hubs: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Hub] = weakref.WeakKeyDictionary()
+
+
+def get_hub() -> Hub:
+    """The hub of the running event loop (daphne runs one loop per process)."""
+    loop = asyncio.get_running_loop()
+    hub = _hubs.get(loop)
+    if hub is None:
+        hub = _hubs[loop] = Hub()
+    return hub

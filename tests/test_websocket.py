@@ -1,0 +1,553 @@
+"""The /ws/events/ consumer, driven by Channels' WebsocketCommunicator over a real nats-server."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from datetime import timedelta
+from typing import Any
+
+import pytest
+from channels.testing import WebsocketCommunicator
+from django.contrib.auth.models import Permission, User
+from nats.aio.client import Client as NatsClient
+from rest_framework_simplejwt.tokens import AccessToken
+
+from cliffracer_core import Service, rpc
+from cliffracer_core import client as client_module
+from cliffracer_core.auth.identity import get_caller
+from cliffracer_core.auth.tokens import claims_for_user, mint_system_token
+from cliffracer_core.channels.hub import get_hub
+from cliffracer_core.channels.protocol import (
+    CLOSE_BAD_FRAMES,
+    CLOSE_NOT_AUTHENTICATED,
+)
+from cliffracer_core.connection import close_connection
+from cliffracer_core.headers import CORRELATION_ID
+from settings.asgi import application
+from tests.models import Add, Tagged, Total
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+RULES = [
+    {"subject": "ws.public.>", "subscribe": []},
+    {"subject": "ws.staff.*", "subscribe": ["auth.view_user"], "publish": ["auth.view_user"]},
+    {"subject": "ws.user.{user_id}", "subscribe": []},
+]
+
+
+def make_service(service_name: str) -> type[Service]:
+    class Calculator(Service):
+        name = service_name
+
+        @rpc(public=True)
+        async def add(self, request: Add) -> Total:
+            return Total(total=request.a + request.b)
+
+        @rpc
+        async def whoami(self) -> Tagged:
+            caller = get_caller()
+            return Tagged(tag=0, instance=caller.username, correlation_id=None)
+
+        @rpc(permission="auth.view_user")
+        async def guarded(self, request: Add) -> Total:
+            return Total(total=request.a * request.b)
+
+    return Calculator
+
+
+@pytest.fixture(autouse=True)
+def websocket_settings(settings, nats_server):
+    settings.CLIFFRACER = {
+        "SUBJECT_RULES": RULES,
+        "WEBSOCKET": {"MAX_BAD_FRAMES": 3, "AUTH_TIMEOUT": 2.0},
+    }
+
+
+@pytest.fixture
+def calculator(start_service, unique_name, monkeypatch):
+    monkeypatch.setattr(client_module, "service_loop", None)
+    start_service(make_service(unique_name))
+    return unique_name
+
+
+def token_for(user: User, lifetime: timedelta | None = None) -> str:
+    token = AccessToken.for_user(user)
+    if lifetime is not None:
+        token.set_exp(lifetime=lifetime)
+    for name, value in claims_for_user(user).items():
+        token[name] = value
+    return str(token)
+
+
+@pytest.fixture
+def no_leeway(settings):
+    """Tokens expire on the second (the project allows 5 s of clock skew)."""
+    settings.SIMPLE_JWT = {**settings.SIMPLE_JWT, "LEEWAY": 0}
+
+
+@pytest.fixture
+def alice(django_user_model) -> User:
+    return django_user_model.objects.create_user("alice", password="pw-alice-123")
+
+
+@pytest.fixture
+def boss(django_user_model) -> User:
+    user = django_user_model.objects.create_user("boss", password="pw-boss-123")
+    user.user_permissions.add(Permission.objects.get(codename="view_user"))
+    return User.objects.get(pk=user.pk)
+
+
+@pytest.fixture
+def root(django_user_model) -> User:
+    return django_user_model.objects.create_superuser("root", password="pw-root-123")
+
+
+def run(coroutine: Any) -> Any:
+    async def main() -> Any:
+        try:
+            return await asyncio.wait_for(coroutine, 30)
+        finally:
+            await close_connection()
+
+    return asyncio.run(main())
+
+
+async def connect(headers: list[tuple[bytes, bytes]] | None = None) -> WebsocketCommunicator:
+    communicator = WebsocketCommunicator(application, "/ws/events/", headers=headers or [])
+    connected, _ = await communicator.connect()
+    assert connected
+    return communicator
+
+
+async def signed_in(token: str) -> WebsocketCommunicator:
+    communicator = await connect()
+    await communicator.send_json_to({"type": "auth", "token": token})
+    ready = await communicator.receive_json_from(timeout=5)
+    assert ready["type"] == "ready", ready
+    return communicator
+
+
+async def closed_with(communicator: WebsocketCommunicator) -> int:
+    while True:
+        message = await communicator.receive_output(timeout=5)
+        if message["type"] == "websocket.close":
+            return message.get("code")
+
+
+async def publish(subject: str, data: Any, correlation_id: str = "c0ffee") -> None:
+    from cliffracer_core.embedded import NatsServer  # noqa: F401  (the URL comes from settings)
+    from cliffracer_core.settings import cliffracer_settings
+
+    connection = NatsClient()
+    await connection.connect(str(cliffracer_settings.NATS_URL))
+    await connection.publish(
+        subject, json.dumps(data).encode(), headers={CORRELATION_ID: correlation_id}
+    )
+    await connection.flush()
+    await connection.close()
+
+
+def test_auth_frame_makes_the_socket_ready_with_the_user(alice):
+    token_0 = token_for(alice)
+
+    async def scenario():
+        communicator = await connect()
+        await communicator.send_json_to({"type": "auth", "token": token_0})
+        ready = await communicator.receive_json_from(timeout=5)
+        await communicator.disconnect()
+        return ready
+
+    ready = run(scenario())
+    assert ready["type"] == "ready"
+    assert ready["user"]["id"] == str(alice.pk)
+    assert ready["user"]["username"] == "alice"
+    assert ready["user"]["is_superuser"] is False
+
+
+@pytest.mark.parametrize(
+    "first_frame",
+    [
+        {"type": "auth", "token": "not-a-jwt"},
+        {"type": "subscribe", "id": "1", "subject": "ws.public.x"},
+        {"type": "nonsense"},
+        "{not json",
+    ],
+    ids=["bad-token", "subscribe-first", "unknown-type", "malformed"],
+)
+def test_anything_but_a_good_auth_frame_first_closes_4401(first_frame):
+    async def scenario():
+        communicator = await connect()
+        if isinstance(first_frame, str):
+            await communicator.send_to(text_data=first_frame)
+        else:
+            await communicator.send_json_to(first_frame)
+        return await closed_with(communicator)
+
+    assert run(scenario()) == CLOSE_NOT_AUTHENTICATED
+
+
+def test_the_system_identity_token_cannot_open_a_socket():
+    async def scenario():
+        communicator = await connect()
+        await communicator.send_json_to({"type": "auth", "token": mint_system_token()})
+        return await closed_with(communicator)
+
+    assert run(scenario()) == CLOSE_NOT_AUTHENTICATED
+
+
+def test_a_socket_that_never_authenticates_is_closed_4401(settings):
+    settings.CLIFFRACER = {"WEBSOCKET": {"AUTH_TIMEOUT": 0.3}}
+
+    async def scenario():
+        communicator = await connect()
+        started = time.monotonic()
+        code = await closed_with(communicator)
+        return code, time.monotonic() - started
+
+    code, waited = run(scenario())
+    assert code == CLOSE_NOT_AUTHENTICATED
+    assert waited < 5
+
+
+def test_an_access_token_that_expires_mid_session_closes_4401(alice, no_leeway):
+    token_0 = token_for(alice, lifetime=timedelta(seconds=1))
+
+    async def scenario():
+        communicator = await signed_in(token_0)
+        return await closed_with(communicator)
+
+    assert run(scenario()) == CLOSE_NOT_AUTHENTICATED
+
+
+def test_a_fresh_token_for_the_same_user_extends_the_session_another_user_closes_it(alice, boss):
+    token_0 = token_for(alice)
+    token_1 = token_for(alice, lifetime=timedelta(seconds=1))
+    token_2 = token_for(boss)
+
+    async def scenario():
+        communicator = await signed_in(token_1)
+        await communicator.send_json_to({"type": "auth", "token": token_0})
+        again = await communicator.receive_json_from(timeout=5)
+        await asyncio.sleep(1.5)  # past the first token's expiry: still open
+        await communicator.send_json_to({"type": "ping", "id": 1})
+        pong = await communicator.receive_json_from(timeout=5)
+        await communicator.send_json_to({"type": "auth", "token": token_2})
+        return again, pong, await closed_with(communicator)
+
+    again, pong, code = run(scenario())
+    assert again["type"] == "ready"
+    assert pong == {"type": "pong", "id": 1}
+    assert code == CLOSE_NOT_AUTHENTICATED
+
+
+def test_events_reach_a_subscribed_socket_with_their_correlation_id(alice):
+    token_0 = token_for(alice)
+
+    async def scenario():
+        communicator = await signed_in(token_0)
+        await communicator.send_json_to({"type": "subscribe", "id": "s1", "subject": "ws.public.>"})
+        subscribed = await communicator.receive_json_from(timeout=5)
+        await publish("ws.public.orders.created", {"order_id": 7}, correlation_id="abc123")
+        event = await communicator.receive_json_from(timeout=5)
+        await communicator.disconnect()
+        return subscribed, event
+
+    subscribed, event = run(scenario())
+    assert subscribed == {"type": "subscribed", "id": "s1"}
+    assert event == {
+        "type": "event",
+        "subject": "ws.public.orders.created",
+        "data": {"order_id": 7},
+        "correlation_id": "abc123",
+    }
+
+
+def test_sockets_share_one_subscription_per_pattern_and_the_last_one_out_drops_it(alice):
+    token_0 = token_for(alice)
+
+    async def scenario():
+        hub = get_hub()
+        first = await signed_in(token_0)
+        second = await signed_in(token_0)
+        for communicator in (first, second):
+            await communicator.send_json_to(
+                {"type": "subscribe", "id": "s", "subject": "ws.public.shared"}
+            )
+            assert (await communicator.receive_json_from(timeout=5))["type"] == "subscribed"
+        shared = hub.subscription_count()
+        await publish("ws.public.shared", {"n": 1})
+        events = [await c.receive_json_from(timeout=5) for c in (first, second)]
+        await first.send_json_to({"type": "unsubscribe", "id": "u", "subject": "ws.public.shared"})
+        unsubscribed = await first.receive_json_from(timeout=5)
+        after_one = hub.subscription_count()
+        await publish("ws.public.shared", {"n": 2})
+        second_event = await second.receive_json_from(timeout=5)
+        first_got_nothing = await first.receive_nothing(timeout=0.3)
+        await second.disconnect()
+        await asyncio.sleep(0.1)
+        after_all = hub.subscription_count()
+        await first.disconnect()
+        return shared, events, unsubscribed, after_one, second_event, first_got_nothing, after_all
+
+    shared, events, unsubscribed, after_one, second_event, nothing, after_all = run(scenario())
+    assert shared == 1
+    assert [event["data"] for event in events] == [{"n": 1}, {"n": 1}]
+    assert unsubscribed == {"type": "unsubscribed", "id": "u"}
+    assert after_one == 1
+    assert second_event["data"] == {"n": 2}
+    assert nothing is True
+    assert after_all == 0
+
+
+@pytest.mark.parametrize(
+    ("subject", "code", "type"),
+    [
+        ("ws.staff.*", 403, "permission_denied"),
+        ("ws.elsewhere", 403, "permission_denied"),
+        ("rpc.orders.>", 403, "permission_denied"),
+        ("ws..bad", 400, "invalid_subject"),
+        ("ws.>.x", 400, "invalid_subject"),
+        ("ws.sp ace", 400, "invalid_subject"),
+    ],
+)
+def test_subscriptions_no_rule_allows_are_refused(alice, subject, code, type):
+    token_0 = token_for(alice)
+
+    async def scenario():
+        communicator = await signed_in(token_0)
+        await communicator.send_json_to({"type": "subscribe", "id": 9, "subject": subject})
+        reply = await communicator.receive_json_from(timeout=5)
+        await communicator.disconnect()
+        return reply
+
+    reply = run(scenario())
+    assert reply["type"] == "error"
+    assert reply["id"] == 9
+    assert reply["error"]["code"] == code
+    assert reply["error"]["type"] == type
+
+
+def test_a_permission_rule_lets_the_user_who_holds_it(boss):
+    token_0 = token_for(boss)
+
+    async def scenario():
+        communicator = await signed_in(token_0)
+        await communicator.send_json_to({"type": "subscribe", "id": 1, "subject": "ws.staff.*"})
+        reply = await communicator.receive_json_from(timeout=5)
+        await communicator.disconnect()
+        return reply
+
+    assert run(scenario()) == {"type": "subscribed", "id": 1}
+
+
+def test_a_user_subject_rule_allows_the_own_id_only(alice, boss):
+    token_0 = token_for(alice)
+
+    async def scenario():
+        communicator = await signed_in(token_0)
+        await communicator.send_json_to(
+            {"type": "subscribe", "id": "own", "subject": f"ws.user.{alice.pk}"}
+        )
+        own = await communicator.receive_json_from(timeout=5)
+        await communicator.send_json_to(
+            {"type": "subscribe", "id": "other", "subject": f"ws.user.{boss.pk}"}
+        )
+        other = await communicator.receive_json_from(timeout=5)
+        await communicator.send_json_to({"type": "subscribe", "id": "all", "subject": "ws.user.*"})
+        everyone = await communicator.receive_json_from(timeout=5)
+        await communicator.disconnect()
+        return own, other, everyone
+
+    own, other, everyone = run(scenario())
+    assert own == {"type": "subscribed", "id": "own"}
+    assert other["error"]["code"] == 403
+    assert everyone["error"]["code"] == 403
+
+
+def test_a_superuser_passes_every_rule_but_not_into_system_subjects(root):
+    token_0 = token_for(root)
+
+    async def scenario():
+        communicator = await signed_in(token_0)
+        replies = []
+        for subject in ("anything.at.all", "rpc.>", "$SRV.>", "_INBOX.>", ">", "*.x"):
+            await communicator.send_json_to(
+                {"type": "subscribe", "id": subject, "subject": subject}
+            )
+            replies.append(await communicator.receive_json_from(timeout=5))
+        await communicator.disconnect()
+        return replies
+
+    replies = run(scenario())
+    assert replies[0] == {"type": "subscribed", "id": "anything.at.all"}
+    assert [reply["error"]["code"] for reply in replies[1:]] == [403] * 5
+
+
+def test_calls_carry_the_users_identity_and_map_errors(alice, boss, calculator):
+    token_0 = token_for(alice)
+    token_1 = token_for(boss)
+
+    async def scenario():
+        communicator = await signed_in(token_0)
+        frames = [
+            {
+                "type": "call",
+                "id": 1,
+                "service": calculator,
+                "method": "add",
+                "data": {"a": 2, "b": 3},
+            },
+            {"type": "call", "id": 2, "service": calculator, "method": "whoami", "data": {}},
+            {
+                "type": "call",
+                "id": 3,
+                "service": calculator,
+                "method": "guarded",
+                "data": {"a": 2, "b": 3},
+            },
+            {"type": "call", "id": 4, "service": calculator, "method": "add", "data": {"a": "x"}},
+            {"type": "call", "id": 5, "service": calculator, "method": "nope", "data": {}},
+            {"type": "call", "id": 6, "service": "no-such-service", "method": "x", "data": {}},
+            {"type": "call", "id": 7, "service": "bad.name", "method": "x", "data": {}},
+        ]
+        for frame in frames:
+            await communicator.send_json_to(frame)
+        replies = {}
+        for _ in frames:
+            reply = await communicator.receive_json_from(timeout=10)
+            replies[reply["id"]] = reply
+        boss_socket = await signed_in(token_1)
+        await boss_socket.send_json_to(frames[2])
+        boss_reply = await boss_socket.receive_json_from(timeout=10)
+        await communicator.disconnect()
+        await boss_socket.disconnect()
+        return replies, boss_reply
+
+    replies, boss_reply = run(scenario())
+    assert replies[1]["type"] == "reply" and replies[1]["data"] == {"total": 5}
+    assert replies[1]["correlation_id"]
+    assert replies[2]["data"]["instance"] == "alice"
+    assert replies[3]["error"]["code"] == 403
+    assert replies[4]["error"]["code"] == 422
+    assert replies[4]["error"]["details"]
+    assert replies[5]["error"]["code"] == 404
+    assert replies[6]["error"]["code"] == 503
+    assert replies[7]["error"] == {
+        "code": 404,
+        "type": "unknown_service",
+        "message": "No such service.",
+        "details": None,
+    }
+    assert boss_reply["data"] == {"total": 6}
+    for reply in replies.values():
+        assert "Traceback" not in json.dumps(reply)
+
+
+def test_publish_needs_a_publish_rule(alice, boss):
+    token_0 = token_for(alice)
+    token_1 = token_for(boss)
+
+    async def scenario():
+        listener = await signed_in(token_1)
+        await listener.send_json_to({"type": "subscribe", "id": 1, "subject": "ws.staff.*"})
+        await listener.receive_json_from(timeout=5)
+        refused_socket = await signed_in(token_0)
+        await refused_socket.send_json_to(
+            {"type": "publish", "id": "p", "subject": "ws.staff.news", "data": {"x": 1}}
+        )
+        refused = await refused_socket.receive_json_from(timeout=5)
+        await listener.send_json_to(
+            {"type": "publish", "id": "q", "subject": "ws.staff.news", "data": {"x": 2}}
+        )
+        first = await listener.receive_json_from(timeout=5)
+        second = await listener.receive_json_from(timeout=5)
+        await listener.send_json_to(
+            {"type": "publish", "id": "w", "subject": "ws.staff.*", "data": {}}
+        )
+        wildcard = await listener.receive_json_from(timeout=5)
+        await listener.disconnect()
+        await refused_socket.disconnect()
+        return refused, {first["type"]: first, second["type"]: second}, wildcard
+
+    refused, frames, wildcard = run(scenario())
+    assert refused["error"]["code"] == 403
+    assert frames["published"]["id"] == "q"
+    assert frames["event"]["data"] == {"x": 2}
+    assert frames["event"]["correlation_id"] == frames["published"]["correlation_id"]
+    assert wildcard["error"]["type"] == "invalid_subject"
+
+
+def test_bad_frames_get_error_frames_then_close_4400(alice, settings):
+    settings.CLIFFRACER = {"WEBSOCKET": {"MAX_BAD_FRAMES": 4, "MAX_FRAME_BYTES": 1024}}
+
+    token_0 = token_for(alice)
+
+    async def scenario():
+        communicator = await signed_in(token_0)
+        errors = []
+        await communicator.send_to(text_data="{nope")
+        errors.append(await communicator.receive_json_from(timeout=5))
+        await communicator.send_json_to({"type": "teleport", "id": "t"})
+        errors.append(await communicator.receive_json_from(timeout=5))
+        await communicator.send_to(text_data=json.dumps({"type": "ping", "pad": "x" * 2000}))
+        errors.append(await communicator.receive_json_from(timeout=5))
+        await communicator.send_to(bytes_data=b"\x00\x01")
+        errors.append(await communicator.receive_json_from(timeout=5))
+        return errors, await closed_with(communicator)
+
+    errors, code = run(scenario())
+    assert [error["error"]["type"] for error in errors] == [
+        "invalid_json",
+        "invalid_frame",
+        "frame_too_large",
+        "binary_frame",
+    ]
+    assert errors[1]["id"] == "t"
+    assert code == CLOSE_BAD_FRAMES
+
+
+def test_a_same_site_session_cookie_authenticates_without_a_frame(alice, client):
+    client.force_login(alice)
+    cookie = f"sessionid={client.cookies['sessionid'].value}".encode()
+
+    async def scenario():
+        same_site = await connect([(b"cookie", cookie), (b"origin", b"http://127.0.0.1:8000")])
+        ready = await same_site.receive_json_from(timeout=5)
+        await same_site.send_json_to(
+            {"type": "subscribe", "id": 1, "subject": f"ws.user.{alice.pk}"}
+        )
+        subscribed = await same_site.receive_json_from(timeout=5)
+        await same_site.disconnect()
+        # From another site's page the cookie counts for nothing: a frame is needed.
+        cross_site = await connect([(b"cookie", cookie), (b"origin", b"https://evil.example")])
+        silent = await cross_site.receive_nothing(timeout=0.3)
+        await cross_site.send_json_to({"type": "subscribe", "id": 1, "subject": "ws.public.x"})
+        code = await closed_with(cross_site)
+        return ready, subscribed, silent, code
+
+    ready, subscribed, silent, code = run(scenario())
+    assert ready["type"] == "ready" and ready["user"]["username"] == "alice"
+    assert subscribed == {"type": "subscribed", "id": 1}
+    assert silent is True
+    assert code == CLOSE_NOT_AUTHENTICATED
+
+
+def test_a_session_users_calls_carry_a_token_minted_for_them(alice, client, calculator):
+    client.force_login(alice)
+    cookie = f"sessionid={client.cookies['sessionid'].value}".encode()
+
+    async def scenario():
+        communicator = await connect([(b"cookie", cookie), (b"origin", b"http://localhost")])
+        await communicator.receive_json_from(timeout=5)
+        await communicator.send_json_to(
+            {"type": "call", "id": 1, "service": calculator, "method": "whoami", "data": {}}
+        )
+        reply = await communicator.receive_json_from(timeout=10)
+        await communicator.disconnect()
+        return reply
+
+    reply = run(scenario())
+    assert reply["type"] == "reply"
+    assert reply["data"]["instance"] == "alice"
