@@ -60,9 +60,10 @@ DEFAULTS: dict[str, Any] = {
         # Subscriptions one socket may hold, and calls it may have waiting at once.
         "MAX_SUBSCRIPTIONS": 100,
         "MAX_CALLS_IN_FLIGHT": 16,
-        # Event frames waiting for one socket, and bytes the web server may hold unsent for it,
-        # before the socket counts as slow; then SLOW_CLIENT_POLICY applies: "close" (4429)
-        # or "drop" (events are dropped until it catches up, then it is told how many).
+        # Bytes the web server may hold unsent for one socket before events wait in the
+        # socket's queue instead, and how many may wait there. A socket whose queue is full is
+        # slow, and SLOW_CLIENT_POLICY applies: "close" (code 4429) or "drop" (its events are
+        # dropped until it catches up, then it is told how many).
         "QUEUE_SIZE": 1000,
         "SLOW_CLIENT_BYTES": 1024 * 1024,
         "SLOW_CLIENT_POLICY": "close",

@@ -323,19 +323,17 @@ class EventsConsumer(AsyncWebsocketConsumer):
         """Queue an event frame for this socket (called by the hub, never waits)."""
         if self.closing:
             return
-        backlog = unsent_bytes(self.base_send)
-        if self.outbox.full() or (
-            backlog is not None and backlog > self.limits["SLOW_CLIENT_BYTES"]
-        ):
+        outbox = self.outbox
+        if outbox.full():
             self.too_slow()
             return
         if self.dropped:
             # The client caught up after events were dropped: tell it how many it missed.
-            self.outbox.put_nowait(protocol.encode({"type": "dropped", "count": self.dropped}))
+            outbox.put_nowait(protocol.encode({"type": "dropped", "count": self.dropped}))
             self.dropped = 0
-            if self.outbox.full():
+            if outbox.full():
                 return
-        self.outbox.put_nowait(frame)
+        outbox.put_nowait(frame)
 
     def too_slow(self) -> None:
         if self.limits["SLOW_CLIENT_POLICY"] == "drop":
@@ -346,10 +344,23 @@ class EventsConsumer(AsyncWebsocketConsumer):
         asyncio.ensure_future(self.close(code=protocol.CLOSE_SLOW_CLIENT))
 
     async def send_events(self) -> None:
+        """Send queued events, pausing while the web server holds too much unsent for us.
+
+        ASGI's send never waits, so without the pause a client that stops reading would grow
+        the server's buffer without bound; with it, events wait in the bounded outbox, and a
+        full outbox is what makes a socket slow.
+        """
         outbox = self.outbox
+        high_water = self.limits["SLOW_CLIENT_BYTES"]
         while True:
             frame = await outbox.get()
             await self.base_send({"type": "websocket.send", "text": frame})
+            backlog = unsent_bytes(self.base_send)
+            if backlog is not None and backlog > high_water:
+                pause = 0.001
+                while (unsent_bytes(self.base_send) or 0) > high_water // 2:
+                    await asyncio.sleep(pause)
+                    pause = min(pause * 2, 0.05)
 
     async def send_text(self, text: str) -> None:
         await self.base_send({"type": "websocket.send", "text": text})
