@@ -125,9 +125,14 @@ async def persistent_connection(role: str = "web") -> NatsClient:
     async with lock:
         client = _connections.get(loop)
         if client is None or client.is_closed or client not in _persistent:
+            replaced = client
             client = await connect(role=role)
             _persistent.add(client)
             _connections[loop] = client
+            if replaced is not None and not replaced.is_closed:
+                # Callers may still wait on it for a reply; close it once they cannot be.
+                delay = float(cliffracer_settings.RPC_TIMEOUT) + 1
+                loop.call_later(delay, lambda: loop.create_task(replaced.close()))
         return client
 
 

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import re
+import socket as sockets_module
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -214,8 +216,8 @@ def test_bad_frames_close_only_the_socket_that_sent_them(web, nats_with_monitori
 def test_a_slow_client_is_closed_and_does_not_hold_up_a_fast_one(
     web, nats_with_monitoring, alice_token
 ):
-    server = web("web1", SLOW_CLIENT_BYTES=256 * 1024, QUEUE_SIZE=200)
-    count, size = 4000, 4096
+    server = web("web1", SLOW_CLIENT_BYTES=256 * 1024, QUEUE_SIZE=1000)
+    count, size = 6000, 4096
 
     async def read_all(fast: Any) -> int:
         received = 0
@@ -231,7 +233,11 @@ def test_a_slow_client_is_closed_and_does_not_hold_up_a_fast_one(
         reader = asyncio.create_task(read_all(fast))
         # A client that stops reading: websockets stops reading the socket once a few frames
         # wait in its queue, so the kernel's buffers fill, then the web server's.
-        slow = await open_socket(server.ws_url, alice_token, max_queue=1, max_size=None)
+        # A small receive buffer, so that the server's side fills soon.
+        raw = sockets_module.socket(sockets_module.AF_INET, sockets_module.SOCK_STREAM)
+        raw.setsockopt(sockets_module.SOL_SOCKET, sockets_module.SO_RCVBUF, 16 * 1024)
+        raw.connect(("127.0.0.1", server.port))
+        slow = await open_socket(server.ws_url, alice_token, max_queue=1, max_size=None, sock=raw)
         await subscribe(slow, "ws.public.flood")
         publisher = await nats_connection(nats_with_monitoring)
         padding = "x" * size
@@ -239,8 +245,8 @@ def test_a_slow_client_is_closed_and_does_not_hold_up_a_fast_one(
         for number in range(count):
             payload = json.dumps({"n": number, "padding": padding}).encode()
             await publisher.publish("ws.public.flood", payload)
-            if number % 20 == 0:
-                await asyncio.sleep(0.002)  # let the fast client read as it goes
+            if number % 10 == 0:
+                await asyncio.sleep(0.005)  # let the fast client read as it goes
         await publisher.flush()
         received = await reader
         fast_seconds = time.monotonic() - started
@@ -298,3 +304,41 @@ def test_the_web_process_resubscribes_after_a_nats_server_restart(
     assert fresh["type"] == "subscribed"
     assert fresh_event["data"] == {"fresh": True}
     assert "Reconnected to NATS" in server.output()
+
+
+def test_send_to_user_reaches_the_users_sockets_on_every_web_process(
+    web, nats_with_monitoring, django_user_model, monkeypatch
+):
+    from cliffracer_core.channels.push import send_to_user
+    from cliffracer_core.settings import cliffracer_settings
+
+    alice = django_user_model.objects.create_user("alice", password="pw-alice-123")
+    bob = django_user_model.objects.create_user("bob", password="pw-bob-123")
+    alice_token, bob_token = token_for(alice), token_for(bob)
+    first, second = web("web1"), web("web2")
+    # This process's channel layer talks to the web processes' nats-server.
+    monkeypatch.setenv("NATS_URL", nats_with_monitoring.url)
+    cliffracer_settings.reload()
+
+    async def scenario():
+        alices = [
+            await open_socket(first.ws_url, alice_token),
+            await open_socket(second.ws_url, alice_token),
+        ]
+        bobs = await open_socket(second.ws_url, bob_token)
+        await send_to_user(alice.pk, {"type": "notice", "text": "export ready"})
+        frames = [json.loads(await asyncio.wait_for(s.recv(), 10)) for s in alices]
+        bob_heard = None
+        with contextlib.suppress(TimeoutError):
+            bob_heard = await asyncio.wait_for(bobs.recv(), 0.5)
+        for socket in (*alices, bobs):
+            await socket.close()
+        return frames, bob_heard
+
+    try:
+        frames, bob_heard = run(scenario())
+    finally:
+        monkeypatch.undo()
+        cliffracer_settings.reload()
+    assert frames == [{"type": "notice", "text": "export ready"}] * 2
+    assert bob_heard is None
