@@ -551,3 +551,28 @@ def test_a_session_users_calls_carry_a_token_minted_for_them(alice, client, calc
     reply = run(scenario())
     assert reply["type"] == "reply"
     assert reply["data"]["instance"] == "alice"
+
+
+def test_an_auth_frame_replaces_the_session_cookies_user(alice, boss, client):
+    client.force_login(boss)
+    cookie = f"sessionid={client.cookies['sessionid'].value}".encode()
+    token = token_for(alice)
+
+    async def scenario():
+        communicator = await connect([(b"cookie", cookie), (b"origin", b"http://localhost")])
+        as_boss = await communicator.receive_json_from(timeout=5)
+        await communicator.send_json_to({"type": "subscribe", "id": 1, "subject": "ws.staff.*"})
+        subscribed = await communicator.receive_json_from(timeout=5)
+        await communicator.send_json_to({"type": "auth", "token": token})
+        as_alice = await communicator.receive_json_from(timeout=5)
+        # Boss's subscription ended with boss.
+        await publish("ws.staff.news", {"secret": True})
+        nothing = await communicator.receive_nothing(timeout=0.5)
+        await communicator.disconnect()
+        return as_boss, subscribed, as_alice, nothing
+
+    as_boss, subscribed, as_alice, nothing = run(scenario())
+    assert as_boss["user"]["username"] == "boss"
+    assert subscribed == {"type": "subscribed", "id": 1}
+    assert as_alice["user"]["username"] == "alice"
+    assert nothing is True

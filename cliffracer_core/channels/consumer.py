@@ -72,13 +72,7 @@ class EventsConsumer(AsyncWebsocketConsumer):
             self.expiry.cancel()
         for task in (*self.calls, *([self.sender] if self.sender else [])):
             task.cancel()
-        hub = get_hub()
-        for subject in tuple(self.subjects):
-            await hub.leave(subject, self)
-        self.subjects.clear()
-        for group in self.groups:
-            await self.channel_layer.group_discard(group, self.channel_name)
-        self.groups.clear()
+        await self.forget_identity()
 
     # Receiving
 
@@ -151,11 +145,27 @@ class EventsConsumer(AsyncWebsocketConsumer):
             await self.close_with(protocol.CLOSE_NOT_AUTHENTICATED, "not a user's token")
             return
         if self.caller is not None and self.caller.user_id != caller.user_id:
-            await self.close_with(protocol.CLOSE_NOT_AUTHENTICATED, "a socket has one user")
-            return
+            if self.authorization is not None:
+                await self.close_with(protocol.CLOSE_NOT_AUTHENTICATED, "a socket has one user")
+                return
+            # The socket was the session cookie's (say, an admin's login in the same browser)
+            # and the page signs in someone else on purpose: the token wins, and nothing of
+            # the cookie's user stays: their subscriptions and group go.
+            await self.forget_identity()
         self.authorization = authorization
         self.session_user = None
         await self.ready(caller, expires=expires)
+
+    async def forget_identity(self) -> None:
+        hub = get_hub()
+        for subject in tuple(self.subjects):
+            await hub.leave(subject, self)
+        self.subjects.clear()
+        for group in self.groups:
+            await self.channel_layer.group_discard(group, self.channel_name)
+        self.groups.clear()
+        self.caller = None
+        self.session_token = None
 
     async def ready(self, caller: Caller, *, expires: float | None) -> None:
         """Start (or, after a fresh token, extend) the socket's authenticated life."""
@@ -167,6 +177,7 @@ class EventsConsumer(AsyncWebsocketConsumer):
             self.schedule_close(max(0.0, expires - time.time()), "the access token expired")
         if self.sender is None:
             self.sender = asyncio.create_task(self.send_events())
+        if not self.groups:
             await self.join_user_group(caller)
         user = {
             "id": caller.user_id,
@@ -384,7 +395,8 @@ class EventsConsumer(AsyncWebsocketConsumer):
             return
         self.closing = True
         logger.info("Closing a socket (%s): %s.", code, reason)
-        await self.close(code=code)
+        # A close frame's reason holds at most 123 bytes.
+        await self.close(code=code, reason=reason.encode()[:120].decode(errors="ignore"))
 
 
 def session_lifetime() -> float:
