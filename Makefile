@@ -1,4 +1,5 @@
-# make run   - install into .venv, migrate, then run NATS, every service and the web server
+# make run   - install into .venv, migrate, create the demo users, then run NATS, every service
+#              and the web server
 # make test  - install into .venv, then run the test suite (pass pytest options as ARGS="...")
 # make lint  - ruff check and format check;  make format - apply ruff's fixes and formatting
 # make clean - remove .venv and caches (var/, the local database and NATS data, is kept)
@@ -36,6 +37,7 @@ $(STAMP): pyproject.toml
 
 run: $(STAMP)
 	$(PYTHON) manage.py migrate --noinput
+	$(PYTHON) manage.py demo_users
 	exec $(PYTHON) manage.py runsystem
 
 test: $(STAMP)

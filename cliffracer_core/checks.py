@@ -109,3 +109,42 @@ def check_services(app_configs: Any = None, **kwargs: Any) -> list[Any]:
         except TypeError as error:
             errors.append(Error(str(error), obj=config.label, id="cliffracer.E014"))
     return errors
+
+
+@register("cliffracer")
+def check_metrics_settings(app_configs: Any = None, **kwargs: Any) -> list[Any]:
+    from cliffracer_core.metrics.exporter import parse_ports
+    from cliffracer_core.metrics.views import allowed_networks
+
+    errors: list[Any] = []
+    try:
+        parse_ports(cliffracer_settings.METRICS_PORTS)
+    except ValueError as error:
+        errors.append(
+            Error(
+                f"CLIFFRACER['METRICS_PORTS']: {error}.",
+                hint="Use a range such as '9400-9499', one port, or 0 for none.",
+                id="cliffracer.E015",
+            )
+        )
+    for key, optional in (("METRICS_HOST", False), ("METRICS_ADVERTISED_HOST", True)):
+        value = getattr(cliffracer_settings, key)
+        if not (optional and value is None) and (not isinstance(value, str) or not value.strip()):
+            errors.append(
+                Error(
+                    f"CLIFFRACER[{key!r}] must be a host name or address"
+                    + (" (or None)." if optional else "."),
+                    id="cliffracer.E016",
+                )
+            )
+    try:
+        allowed_networks()
+    except (TypeError, ValueError) as error:
+        errors.append(
+            Error(
+                f"CLIFFRACER['METRICS_ALLOWED_IPS']: {error}.",
+                hint="List addresses or networks, e.g. ['127.0.0.1', '10.0.0.0/8'].",
+                id="cliffracer.E017",
+            )
+        )
+    return errors

@@ -46,6 +46,7 @@ from cliffracer_core.errors import (
 )
 from cliffracer_core.headers import AUTHORIZATION, CORRELATION_ID, PROPAGATED
 from cliffracer_core.log import current_endpoint, current_service
+from cliffracer_core.metrics.recorder import SUCCESS_CODE, ServiceMetrics
 from cliffracer_core.service import Event, Rpc, Service, Timer
 from cliffracer_core.settings import cliffracer_settings
 
@@ -92,6 +93,17 @@ class ServiceRunner:
         self.rpcs: dict[str, Rpc] = service_class.rpcs()
         self.endpoints = [(rpc, self.prefix + rpc.name, self.name) for rpc in self.rpcs.values()]
         self.counters = {name: discovery.Counters() for name in self.rpcs}
+        # Prometheus metrics (docs/metrics.md), recorded beside the ADR-32 counters.
+        self.metrics = ServiceMetrics(
+            service=self.name,
+            version=self.identity.version,
+            instance_id=self.identity.id,
+            endpoints=self.rpcs,
+            events=[(event.attribute, event.subject) for event in service_class.events()],
+            timers=[timer.attribute for timer in service_class.timers()],
+            in_flight=self.rpcs_in_flight,
+            reconnects=self.nats_reconnects,
+        )
         default_public = cliffracer_settings.DEFAULT_RPC_ACCESS == "public"
         self.public = {
             name: rpc.public or (default_public and not rpc.permissions)
@@ -320,8 +332,12 @@ class ServiceRunner:
             self.counters[rpc.name].record(
                 elapsed, None if error is None else f"{error.code}:{error.message}"
             )
+            self.metrics.endpoints[rpc.name].record(
+                elapsed, SUCCESS_CODE if error is None else error.code
+            )
         else:
             self.unknown_requests += 1
+            self.metrics.unknown_endpoint += 1
         self._log_access(
             "rpc", name, "ok" if error is None else f"{error.code} {error.type}", started
         )
@@ -372,8 +388,10 @@ class ServiceRunner:
             payload = parse_request(event.model, message.data)
             await self._invoke_handler(event.attribute, event.is_async, payload)
             self.events_handled += 1
+            self.metrics.events[event.attribute]["ok"] += 1
         except ServiceError as error:
             self.events_failed += 1
+            self.metrics.events[event.attribute]["rejected"] += 1
             outcome = f"{error.code} {error.type}"
             logger.warning(
                 "Event on %s rejected by %s.%s: %s",
@@ -384,6 +402,7 @@ class ServiceRunner:
             )
         except Exception:
             self.events_failed += 1
+            self.metrics.events[event.attribute]["error"] += 1
             outcome = "500 internal_error"
             logger.exception(
                 "Event handler %s.%s failed on %s", self.name, event.attribute, message.subject
@@ -445,8 +464,10 @@ class ServiceRunner:
         try:
             await self._invoke_handler(timer.attribute, timer.is_async, _NO_ARGUMENT)
             self.timer_runs += 1
+            self.metrics.timers[timer.attribute]["ok"] += 1
         except Exception:
             self.timer_failures += 1
+            self.metrics.timers[timer.attribute]["error"] += 1
             outcome = "500 internal_error"
             logger.exception("Timer %s.%s failed", self.name, timer.attribute)
         self._log_access("timer", timer.attribute, outcome, started)
@@ -455,6 +476,16 @@ class ServiceRunner:
         task = asyncio.current_task()
         if task is not None:
             self.handling[task] = (kind, name, correlation_id, time.monotonic())
+
+    def rpcs_in_flight(self) -> int:
+        """RPC requests being handled now; safe to call from another thread (the exporter)."""
+        # dict.copy() runs without releasing the GIL, so the loop thread cannot change the
+        # dict halfway through it, as it could during a Python-level iteration.
+        return sum(1 for kind, *_ in self.handling.copy().values() if kind == "rpc")
+
+    def nats_reconnects(self) -> int:
+        """Times the NATS connection was re-established (nats-py counts them)."""
+        return self.connection.stats["reconnects"] if self.connection is not None else 0
 
     def in_flight_handlers(self) -> list[tuple[str, str, str, float]]:
         """(kind, name, correlation id, monotonic start) of every handler running now."""

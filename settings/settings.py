@@ -10,6 +10,7 @@ from datetime import timedelta
 from pathlib import Path
 
 import dj_database_url
+from django.core.exceptions import ImproperlyConfigured
 from django.core.management.utils import get_random_secret_key
 
 from cliffracer_core.auth.keys import load_keys
@@ -74,12 +75,15 @@ INSTALLED_APPS = [
     "django_filters",
     "drf_spectacular",
     "drf_spectacular_sidecar",
+    "django_prometheus",
     "cliffracer_core",
     # Every service app: adding a service is adding a folder under apps/.
     *discover_apps(BASE_DIR / "apps"),
 ]
 
 MIDDLEWARE = [
+    # First and last, as django-prometheus asks: they time everything in between.
+    "django_prometheus.middleware.PrometheusBeforeMiddleware",
     "cliffracer_core.middleware.CorrelationIdMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
@@ -88,6 +92,7 @@ MIDDLEWARE = [
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    "django_prometheus.middleware.PrometheusAfterMiddleware",
 ]
 
 ROOT_URLCONF = "settings.urls"
@@ -109,6 +114,28 @@ TEMPLATES = [
 
 ASGI_APPLICATION = "settings.asgi.application"
 WSGI_APPLICATION = "settings.wsgi.application"
+
+
+def channel_layers(url: str) -> dict[str, dict]:
+    """CHANNEL_LAYERS for CHANNEL_LAYER_URL: NATS when empty, else redis://... or memory://."""
+    if url.startswith(("redis://", "rediss://")):
+        return {
+            "default": {
+                "BACKEND": "channels_redis.core.RedisChannelLayer",
+                "CONFIG": {"hosts": [url]},
+            }
+        }
+    if url == "memory://":
+        return {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
+    if url:
+        raise ImproperlyConfigured(f"CHANNEL_LAYER_URL {url!r}: use redis://... or memory://.")
+    return {"default": {"BACKEND": "cliffracer_core.channels.layers.NatsChannelLayer"}}
+
+
+# Channels' layer: NATS by default, so no extra server and any number of web processes
+# (docs/channel_layers.md). CHANNEL_LAYER_URL=redis://host:6379/0 picks channels-redis;
+# memory:// Channels' in-memory layer (one process only).
+CHANNEL_LAYERS = channel_layers(os.environ.get("CHANNEL_LAYER_URL", ""))
 
 DATABASES = {
     "default": dj_database_url.config(
@@ -132,6 +159,13 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     DATABASES["default"].setdefault("TEST", {}).setdefault(
         "NAME", str(VAR_DIR / f"test-{os.getpid()}.sqlite3")
     )
+
+# The same backends wrapped by django-prometheus, which counts queries, errors and their
+# latency for /metrics (django_db_* metrics; docs/metrics.md).
+DATABASES["default"]["ENGINE"] = {
+    "django.db.backends.sqlite3": "django_prometheus.db.backends.sqlite3",
+    "django.db.backends.postgresql": "django_prometheus.db.backends.postgresql",
+}.get(DATABASES["default"]["ENGINE"], DATABASES["default"]["ENGINE"])
 
 AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},

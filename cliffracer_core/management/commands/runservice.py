@@ -14,6 +14,8 @@ from django.core.management.base import BaseCommand, CommandParser
 from cliffracer_core.apps import ServiceAppConfig
 from cliffracer_core.context import set_process_role
 from cliffracer_core.inspection import InspectionRefused, check_options, start_inspection
+from cliffracer_core.metrics.exporter import MetricsServer, parse_ports, start_exporter
+from cliffracer_core.metrics.registry import collector
 from cliffracer_core.reload import is_reloader_child, run_with_reloader
 from cliffracer_core.runner import ServiceRunner
 from cliffracer_core.settings import cliffracer_settings
@@ -63,6 +65,13 @@ class Command(BaseCommand):
             default="127.0.0.1",
             help="Loopback address for --inspect (default: 127.0.0.1).",
         )
+        parser.add_argument(
+            "--metrics-port",
+            type=int,
+            metavar="PORT",
+            help="Serve Prometheus metrics on this port; 0 for none. Default: the first free "
+            "port of the METRICS_PORTS range (9400-9499) on METRICS_HOST (127.0.0.1).",
+        )
 
     def handle(self, *args: Any, **options: Any) -> None:
         label = options["app_label"]
@@ -85,6 +94,19 @@ class Command(BaseCommand):
         concurrency = options["concurrency"]
         if concurrency is not None and concurrency < 1:
             self.stderr.write("runservice: --concurrency must be at least 1.")
+            sys.exit(2)
+        metrics_port = options["metrics_port"]
+        if metrics_port is not None and not 0 <= metrics_port <= 65535:
+            self.stderr.write("runservice: --metrics-port must be between 0 and 65535.")
+            sys.exit(2)
+        try:
+            metrics_ports = (
+                parse_ports(cliffracer_settings.METRICS_PORTS)
+                if metrics_port is None
+                else parse_ports(metrics_port)
+            )
+        except ValueError as error:
+            self.stderr.write(f"runservice: METRICS_PORTS: {error}.")
             sys.exit(2)
         inspect = options["inspect"]
         if inspect is not None:
@@ -112,7 +134,37 @@ class Command(BaseCommand):
         )
         set_process_role("service")
         inspection = None if inspect is None else (options["inspect_host"], inspect)
-        asyncio.run(serve(runner, inspection=inspection))
+        exporter = None
+        if metrics_ports is not None:
+            try:
+                exporter = start_metrics(runner, metrics_ports)
+            except OSError as error:
+                # A port the operator named is one Prometheus expects: say so and stop. A
+                # range that is full only costs this process its metrics.
+                if metrics_port is not None:
+                    self.stderr.write(f"runservice: cannot serve metrics: {error}.")
+                    sys.exit(2)
+                logger.warning("Service %s serves no metrics: %s.", runner.name, error)
+        try:
+            asyncio.run(serve(runner, inspection=inspection))
+        finally:
+            if exporter is not None:
+                exporter.close()
+
+
+def start_metrics(runner: ServiceRunner, ports: range) -> MetricsServer:
+    """Serve the process's Prometheus metrics on a free port of ``ports``, in a thread, and
+    advertise its URL in the instance's $SRV.INFO metadata (``metadata["metrics"]``)."""
+    exporter = start_exporter(
+        ports,
+        host=str(cliffracer_settings.METRICS_HOST),
+        advertised_host=cliffracer_settings.METRICS_ADVERTISED_HOST,
+    )
+    collector.track(runner.metrics)
+    # Set before the runner starts, so that its first PING or INFO reply carries it.
+    runner.metadata["metrics"] = exporter.url
+    logger.info("Service %s: Prometheus metrics at %s.", runner.name, exporter.url)
+    return exporter
 
 
 async def serve(runner: ServiceRunner, *, inspection: tuple[str, int] | None = None) -> None:

@@ -16,6 +16,7 @@ from typing import Any
 
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError, CommandParser
+from django.urls import NoReverseMatch, reverse
 
 from cliffracer_core.apps import service_app_configs
 from cliffracer_core.connection import redact
@@ -115,7 +116,10 @@ class Command(BaseCommand):
                     base_dir,
                 )
             )
-            self.print_table(nats_server, nats_url, children)
+            notes = []
+            if live_page := live_page_url(web_url):
+                notes.append(f"Live page: {live_page}  (demo users: manage.py demo_users)")
+            self.print_table(nats_server, nats_url, children, notes)
             failed = self.supervise(nats_server, children)
         finally:
             self.stop_all(children, nats_server)
@@ -173,7 +177,11 @@ class Command(BaseCommand):
         return Child(name, where, process)
 
     def print_table(
-        self, nats_server: NatsServer | None, nats_url: str, children: list[Child]
+        self,
+        nats_server: NatsServer | None,
+        nats_url: str,
+        children: list[Child],
+        notes: list[str] | None = None,
     ) -> None:
         origin = "embedded" if nats_server else "external"
         nats_pid = str(nats_server.pid) if nats_server and nats_server.pid else "-"
@@ -183,6 +191,8 @@ class Command(BaseCommand):
         lines = [f"  {'part':<{width}}  {'pid':>7}  where"]
         lines += [f"  {name:<{width}}  {pid:>7}  {where}" for name, pid, where in rows]
         self.stdout.write("\n".join(["", "Cliffracer is running:", *lines, ""]))
+        for note in notes or ():
+            self.stdout.write(note)
         self.stdout.write("Press Ctrl-C to stop.\n")
 
     def supervise(self, nats_server: NatsServer | None, children: list[Child]) -> bool:
@@ -232,3 +242,15 @@ class Command(BaseCommand):
             self.stdout.write("Stopping the embedded nats-server...")
             nats_server.stop()
         self.stdout.write("Stopped.")
+
+
+def live_page_url(web_url: str) -> str | None:
+    """The URL of the project's live page (the route named "live"), if it has one.
+
+    By route name: the framework imports nothing from apps/, and says nothing of a page that
+    a project without the example does not have.
+    """
+    try:
+        return web_url + reverse("live").lstrip("/")
+    except NoReverseMatch:
+        return None
