@@ -9,6 +9,7 @@ from datetime import timedelta
 from typing import Any
 
 import pytest
+from channels.routing import URLRouter
 from channels.testing import WebsocketCommunicator
 from django.contrib.auth.models import Permission, User
 from nats.aio.client import Client as NatsClient
@@ -23,12 +24,16 @@ from cliffracer_core.channels.protocol import (
     CLOSE_BAD_FRAMES,
     CLOSE_NOT_AUTHENTICATED,
 )
+from cliffracer_core.channels.routing import websocket_urlpatterns
 from cliffracer_core.connection import close_connection
 from cliffracer_core.headers import CORRELATION_ID
-from settings.asgi import application
 from tests.models import Add, Tagged, Total
 
 pytestmark = pytest.mark.django_db(transaction=True)
+
+# The project's WebSocket routes as settings/asgi.py serves them (importing that module would
+# make this test process a "web" process, which changes how its own calls are signed).
+application = URLRouter(websocket_urlpatterns)
 
 RULES = [
     {"subject": "ws.public.>", "subscribe": []},

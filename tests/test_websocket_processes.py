@@ -342,3 +342,47 @@ def test_send_to_user_reaches_the_users_sockets_on_every_web_process(
         cliffracer_settings.reload()
     assert frames == [{"type": "notice", "text": "export ready"}] * 2
     assert bob_heard is None
+
+
+def test_the_web_process_exports_websocket_metrics(web, nats_with_monitoring, alice_token):
+    from urllib.request import urlopen
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    server = web("web1")
+
+    def scrape() -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+        with urlopen(f"{server.url}/metrics", timeout=10) as response:
+            text = response.read().decode()
+        return {
+            (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+            for family in text_string_to_metric_families(text)
+            for sample in family.samples
+        }
+
+    async def scenario():
+        sockets = [await open_socket(server.ws_url, alice_token) for _ in range(2)]
+        for socket in sockets:
+            await subscribe(socket, "ws.public.metrics")
+        await sockets[0].send("{bad")
+        await sockets[0].recv()
+        publisher = await nats_connection(nats_with_monitoring)
+        await publisher.publish("ws.public.metrics", b"{}")
+        await publisher.flush()
+        for socket in sockets:
+            await next_event(socket)
+        during = await asyncio.to_thread(scrape)
+        for socket in sockets:
+            await socket.close()
+        await publisher.close()
+        await asyncio.sleep(0.5)
+        return during, await asyncio.to_thread(scrape)
+
+    during, after = run(scenario())
+    assert during[("cliffracer_websocket_connections", ())] == 2
+    assert during[("cliffracer_websocket_subscriptions", ())] == 1
+    assert during[("cliffracer_websocket_frames_in_total", (("type", "subscribe"),))] == 2
+    assert during[("cliffracer_websocket_frames_in_total", (("type", "bad"),))] == 1
+    assert during[("cliffracer_websocket_frames_out_total", (("kind", "event"),))] == 2
+    assert after[("cliffracer_websocket_connections", ())] == 0
+    assert after[("cliffracer_websocket_subscriptions", ())] == 0

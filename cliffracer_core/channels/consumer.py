@@ -18,7 +18,7 @@ from channels.generic.websocket import AsyncWebsocketConsumer
 
 from cliffracer_core.auth.identity import Caller
 from cliffracer_core.auth.tokens import session_access_token, verifier
-from cliffracer_core.channels import protocol
+from cliffracer_core.channels import metrics, protocol
 from cliffracer_core.channels.auth import caller_from_claims, session_identity
 from cliffracer_core.channels.backlog import unsent_bytes
 from cliffracer_core.channels.hub import get_hub
@@ -58,6 +58,8 @@ class EventsConsumer(AsyncWebsocketConsumer):
         self.sender: asyncio.Task[None] | None = None
         self.groups: list[str] = []
         await self.accept()
+        metrics.connections.inc()
+        self.counted = True
         identity = await session_identity(self.scope)
         if identity is not None:
             user, claims = identity
@@ -68,6 +70,9 @@ class EventsConsumer(AsyncWebsocketConsumer):
 
     async def disconnect(self, code: int) -> None:
         self.closing = True
+        if getattr(self, "counted", False):
+            metrics.connections.dec()
+            self.counted = False
         if self.expiry is not None:
             self.expiry.cancel()
         for task in (*self.calls, *([self.sender] if self.sender else [])):
@@ -90,8 +95,10 @@ class EventsConsumer(AsyncWebsocketConsumer):
                 )
             frame = protocol.parse(text_data)
         except protocol.BadFrame as bad:
+            metrics.frames_in_by_type["bad"].inc()
             await self.bad_frame(bad)
             return
+        metrics.frames_in_by_type[frame.type].inc()
         if self.caller is None and not isinstance(frame, protocol.Auth):
             await self.close_with(protocol.CLOSE_NOT_AUTHENTICATED, "first frame was not auth")
             return
@@ -347,10 +354,12 @@ class EventsConsumer(AsyncWebsocketConsumer):
         outbox.put_nowait(frame)
 
     def too_slow(self) -> None:
+        metrics.dropped_events.inc()
         if self.limits["SLOW_CLIENT_POLICY"] == "drop":
             self.dropped += 1
             return
         self.closing = True
+        metrics.closes.labels(str(protocol.CLOSE_SLOW_CLIENT)).inc()
         logger.warning("Closing a socket that does not keep up with its events.")
         asyncio.ensure_future(self.close(code=protocol.CLOSE_SLOW_CLIENT))
 
@@ -374,6 +383,12 @@ class EventsConsumer(AsyncWebsocketConsumer):
                     pause = min(pause * 2, 0.05)
 
     async def send_text(self, text: str) -> None:
+        if text.startswith('{"type":"reply"'):
+            metrics.replies_out.inc()
+        elif text.startswith('{"type":"error"'):
+            metrics.errors_out.inc()
+        else:
+            metrics.other_out.inc()
         await self.base_send({"type": "websocket.send", "text": text})
 
     async def refuse(self, id: Any, code: int, type: str, message: str) -> None:
@@ -395,6 +410,7 @@ class EventsConsumer(AsyncWebsocketConsumer):
             return
         self.closing = True
         logger.info("Closing a socket (%s): %s.", code, reason)
+        metrics.closes.labels(str(code)).inc()
         # A close frame's reason holds at most 123 bytes.
         await self.close(code=code, reason=reason.encode()[:120].decode(errors="ignore"))
 

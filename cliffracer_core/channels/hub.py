@@ -15,6 +15,7 @@ from typing import Protocol
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
+from cliffracer_core.channels import metrics
 from cliffracer_core.channels.protocol import event_frame
 from cliffracer_core.connection import persistent_connection
 from cliffracer_core.headers import CORRELATION_ID
@@ -44,11 +45,13 @@ class Pattern:
         frame = event_frame(
             message.subject, message.data, headers.get(CORRELATION_ID) if headers else None
         )
-        for listener in tuple(self.listeners):
+        listeners = tuple(self.listeners)
+        for listener in listeners:
             try:
                 listener.deliver(frame)
             except Exception:  # one broken socket must not stop the others' events
                 logger.exception("Delivering an event on %s to a socket failed.", message.subject)
+        metrics.events_out.inc(len(listeners))
 
 
 class Hub:
@@ -74,6 +77,7 @@ class Hub:
                     await _unsubscribe(pattern)
                     raise
                 self.patterns[subject] = pattern
+                metrics.subscriptions.inc()
             pattern.listeners.add(listener)
 
     async def leave(self, subject: str, listener: Listener) -> None:
@@ -84,6 +88,7 @@ class Hub:
             pattern.listeners.discard(listener)
             if not pattern.listeners:
                 del self.patterns[subject]
+                metrics.subscriptions.dec()
                 await _unsubscribe(pattern)
 
     def subscription_count(self) -> int:
