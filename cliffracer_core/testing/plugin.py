@@ -70,15 +70,17 @@ def start_service(nats_server: NatsServer) -> Iterator[Callable[..., RunningServ
         service.stop()
 
 
-class ServiceProcess:
-    """A ``manage.py runservice`` subprocess whose output goes to a log file."""
+class ChildProcess:
+    """A subprocess of the project's (run from its root) whose output goes to a log file."""
 
-    def __init__(self, label: str, *, log_path: Path, arguments: list[str], env: dict[str, str]):
+    def __init__(
+        self, label: str, command: list[str], *, log_path: Path, env: dict[str, str]
+    ) -> None:
         self.label = label
         self.log_path = log_path
         self.log_file = open(log_path, "wb")  # noqa: SIM115  (closed in stop())
         self.process = subprocess.Popen(
-            [sys.executable, "manage.py", "runservice", label, *arguments],
+            command,
             cwd=str(project_root()),
             env=env,
             stdout=self.log_file,
@@ -91,16 +93,6 @@ class ServiceProcess:
 
     def output(self) -> str:
         return self.log_path.read_text(errors="replace")
-
-    def wait_serving(self, timeout: float = 30.0) -> ServiceProcess:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if " serving " in self.output():
-                return self
-            if self.process.poll() is not None:
-                break
-            time.sleep(0.05)
-        raise RuntimeError(f"runservice {self.label} did not start:\n{self.output()[-4000:]}")
 
     def terminate(self) -> None:
         if self.process.poll() is None:
@@ -118,6 +110,24 @@ class ServiceProcess:
             code = self.process.wait()
         self.log_file.close()
         return code
+
+
+class ServiceProcess(ChildProcess):
+    """A ``manage.py runservice`` subprocess whose output goes to a log file."""
+
+    def __init__(self, label: str, *, log_path: Path, arguments: list[str], env: dict[str, str]):
+        command = [sys.executable, "manage.py", "runservice", label, *arguments]
+        super().__init__(label, command, log_path=log_path, env=env)
+
+    def wait_serving(self, timeout: float = 30.0) -> ServiceProcess:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if " serving " in self.output():
+                return self
+            if self.process.poll() is not None:
+                break
+            time.sleep(0.05)
+        raise RuntimeError(f"runservice {self.label} did not start:\n{self.output()[-4000:]}")
 
 
 def project_root() -> Path:
@@ -172,32 +182,15 @@ def runservice_process(
         process.stop()
 
 
-class WebProcess:
+class WebProcess(ChildProcess):
     """A daphne process serving the project's ASGI application on a free loopback port."""
 
     def __init__(self, label: str, *, log_path: Path, env: dict[str, str]) -> None:
         from cliffracer_core.embedded import free_port
 
-        self.label = label
         self.port = free_port("127.0.0.1")
-        self.log_path = log_path
-        self.log_file = open(log_path, "wb")  # noqa: SIM115  (closed in stop())
-        self.process = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "daphne",
-                "-b",
-                "127.0.0.1",
-                "-p",
-                str(self.port),
-                "settings.asgi:application",
-            ],
-            cwd=str(project_root()),
-            env=env,
-            stdout=self.log_file,
-            stderr=subprocess.STDOUT,
-        )
+        command = [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(self.port)]
+        super().__init__(label, [*command, "settings.asgi:application"], log_path=log_path, env=env)
 
     @property
     def url(self) -> str:
@@ -206,13 +199,6 @@ class WebProcess:
     @property
     def ws_url(self) -> str:
         return f"ws://127.0.0.1:{self.port}"
-
-    @property
-    def pid(self) -> int:
-        return self.process.pid
-
-    def output(self) -> str:
-        return self.log_path.read_text(errors="replace")
 
     def wait_listening(self, timeout: float = 30.0) -> WebProcess:
         import socket
@@ -228,17 +214,6 @@ class WebProcess:
             else:
                 return self
         raise RuntimeError(f"daphne {self.label} did not start:\n{self.output()[-4000:]}")
-
-    def stop(self, timeout: float = 15.0) -> int:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-        try:
-            code = self.process.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            code = self.process.wait()
-        self.log_file.close()
-        return code
 
 
 @pytest.fixture
