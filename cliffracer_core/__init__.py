@@ -5,11 +5,14 @@ The public API::
     from cliffracer_core import Service, ServiceAppConfig, rpc, event, timer
     from cliffracer_core import acall, apublish, call, publish
     from cliffracer_core import ServiceError, NotFound, Conflict, RemoteError
+    from cliffracer_core import publish_on_commit, processed_once, get_message_id
 """
 
 from cliffracer_core.apps import ServiceAppConfig
 from cliffracer_core.client import acall, apublish, call, publish
 from cliffracer_core.context import get_correlation_id, get_subject
+from cliffracer_core.durable.idempotency import get_message_id, processed_once
+from cliffracer_core.durable.outbox import publish_on_commit
 from cliffracer_core.errors import (
     BadRequest,
     Conflict,
@@ -51,8 +54,11 @@ __all__ = [
     "call",
     "event",
     "get_correlation_id",
+    "get_message_id",
     "get_subject",
+    "processed_once",
     "publish",
+    "publish_on_commit",
     "rpc",
     "timer",
 ]

@@ -18,6 +18,10 @@ class CliffracerCoreConfig(AppConfig):
     def ready(self) -> None:
         from cliffracer_core import checks  # noqa: F401  (registers the system checks)
         from cliffracer_core.channels import checks as channels_checks  # noqa: F401
+        from cliffracer_core.jobs import connect_signals
+
+        # Celery tasks carry correlation ids and act as the system identity (docs/celery.md).
+        connect_signals()
 
 
 class ServiceAppConfig(AppConfig):

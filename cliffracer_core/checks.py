@@ -148,3 +148,11 @@ def check_metrics_settings(app_configs: Any = None, **kwargs: Any) -> list[Any]:
             )
         )
     return errors
+
+
+@register("cliffracer")
+def check_durable_events(app_configs: Any = None, **kwargs: Any) -> list[Any]:
+    """Streams, durable handlers and their settings (cliffracer.E018-E023, docs/durable.md)."""
+    from cliffracer_core.durable.checks import durable_errors
+
+    return durable_errors()

@@ -21,6 +21,7 @@ from cliffracer_core import codec, context
 from cliffracer_core.auth.tokens import system_identity
 from cliffracer_core.connection import get_connection, redact
 from cliffracer_core.context import current_headers, outgoing_headers
+from cliffracer_core.durable.streams import publish_message
 from cliffracer_core.errors import NoResponders, RemoteUnavailable, RpcTimeout, remote_error
 from cliffracer_core.headers import AUTHORIZATION, CORRELATION_ID, ERROR_CODE, clean_header_value
 from cliffracer_core.settings import cliffracer_settings
@@ -134,11 +135,20 @@ async def apublish(
     data: Any,
     *,
     headers: dict[str, str] | None = None,
+    msg_id: str | None = None,
     connection: NatsClient | None = None,
 ) -> None:
-    """Publish an event (a model or a plain dict) on ``subject``."""
+    """Publish an event (a model or a plain dict) on ``subject``.
+
+    On a subject a declared stream holds (docs/durable.md) the event goes through JetStream:
+    this waits for the server's acknowledgement, and ``msg_id`` (default: a new one) is its
+    ``Nats-Msg-Id``, so a publish retried with the same id is stored once. Elsewhere it is a
+    plain NATS publish.
+    """
     client = connection or await shared_connection()
-    await client.publish(subject, codec.encode(data), headers=caller_headers(headers))
+    await publish_message(
+        client, subject, codec.encode(data), caller_headers(headers), msg_id=msg_id
+    )
 
 
 class BackgroundLoop:
@@ -214,9 +224,11 @@ def call[Reply: BaseModel](
     )
 
 
-def publish(subject: str, data: Any, *, headers: dict[str, str] | None = None) -> None:
+def publish(
+    subject: str, data: Any, *, headers: dict[str, str] | None = None, msg_id: str | None = None
+) -> None:
     """Publish an event from sync code; see ``apublish``."""
-    run_sync(apublish(subject, data, headers=headers), timeout=30)
+    run_sync(apublish(subject, data, headers=headers, msg_id=msg_id), timeout=30)
 
 
 def close_sync_connection(timeout: float = 5.0) -> None:

@@ -146,7 +146,9 @@ def stats(
     metadata: dict[str, str],
     endpoints: list[tuple[Rpc, str, str]],
     counters: dict[str, Counters],
+    data: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
+    """``data`` maps endpoint names to ADR-32's free-form per-endpoint ``data``."""
     return ServiceStats(
         id=identity.id,
         name=identity.name,
@@ -163,10 +165,36 @@ def stats(
                 processing_time=counters[rpc.name].processing_time,
                 average_processing_time=counters[rpc.name].average_processing_time,
                 last_error=counters[rpc.name].last_error,
+                data=data.get(rpc.name) if data else None,
             )
             for rpc, subject, queue in endpoints
         ],
     ).to_dict()
+
+
+def latency_data(histograms: dict[str, Any]) -> dict[str, Any]:
+    """Per-endpoint STATS ``data``: the latency histogram the runner keeps for its metrics.
+
+    ``bounds`` are the buckets' upper bounds in seconds; ``counts`` has one more slot, for the
+    requests slower than the last bound. Counts are per bucket, not cumulative.
+    """
+    from cliffracer_core.metrics.recorder import DURATION_BUCKETS
+
+    bounds = list(DURATION_BUCKETS)
+    return {
+        name: {"latency_histogram": {"bounds": bounds, "counts": list(histogram.buckets)}}
+        for name, histogram in histograms.items()
+    }
+
+
+def nats_server_of(connection: Any) -> str:
+    """The NATS server a connection is on, as "name (host:port)", for INFO's metadata."""
+    url = getattr(connection, "connected_url", None)
+    address = f"{url.hostname}:{url.port}" if url is not None and url.hostname else ""
+    name = (getattr(connection, "_server_info", None) or {}).get("server_name") or ""
+    if name and address:
+        return f"{name} ({address})"
+    return name or address
 
 
 async def request_all(

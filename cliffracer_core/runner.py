@@ -33,6 +33,8 @@ from cliffracer_core.db import (
     message_state,
     run_with_connection_hygiene,
 )
+from cliffracer_core.durable.streams import REPLAY_FOR
+from cliffracer_core.error_records import ErrorReporter
 from cliffracer_core.errors import (
     Forbidden,
     InternalError,
@@ -70,6 +72,7 @@ class ServiceRunner:
         concurrency: int | None = None,
         grace_period: float | None = None,
         threads: int | None = None,
+        relay: bool | None = None,
     ) -> None:
         self.service_class = service_class
         self.service = service_class()
@@ -114,6 +117,12 @@ class ServiceRunner:
         self.events_failed = 0
         self.timer_runs = 0
         self.timer_failures = 0
+        # Error records for the monitor (docs/console.md), published on failures only.
+        self.error_reporter = ErrorReporter(
+            service=self.name,
+            instance_id=self.identity.id,
+            rate=cliffracer_settings.MONITOR["ERRORS_PER_SECOND"],
+        )
         self.connection: NatsClient | None = None
         self.executor = ThreadPoolExecutor(
             max_workers=min(threads or cliffracer_settings.THREADS, self.concurrency),
@@ -129,6 +138,14 @@ class ServiceRunner:
         self.loop: asyncio.AbstractEventLoop | None = None
         self.stopping: asyncio.Event | None = None
         self.started = False
+        # Durable handlers' JetStream consumers, and the outbox relay: by default (None) a
+        # runservice process runs one when OUTBOX_RELAY is on (docs/durable.md).
+        self.durable_consumers: list[Any] = []
+        self.relay_wanted = relay
+        self.relay: Any = None
+        from cliffracer_core.durable.consumer import durable_streams
+
+        durable_streams(service_class)  # a durable handler outside every stream: no start
 
     # Starting and stopping
 
@@ -149,12 +166,18 @@ class ServiceRunner:
             await connection.subscribe(self.prefix + ">", queue=self.name, cb=self.on_request)
         )
         for event in self.service_class.events():
+            if event.durable:
+                continue
             queue = "" if event.broadcast else f"{self.name}.{event.attribute}"
             self.subscriptions.append(
                 await connection.subscribe(
                     event.subject, queue=queue, cb=self._event_callback(event)
                 )
             )
+        from cliffracer_core.durable.consumer import start_durable_consumers
+        from cliffracer_core.durable.relay import start_relay
+
+        self.durable_consumers = await start_durable_consumers(self)
         for verb, subject in discovery.control_subjects(self.name, self.identity.id):
             self.control_subscriptions.append(
                 await connection.subscribe(subject, cb=self._control_callback(verb.value))
@@ -163,6 +186,7 @@ class ServiceRunner:
         for timer in self.service_class.timers():
             self.background.append(asyncio.create_task(self._run_timer(timer)))
         self.background.append(asyncio.create_task(self._sweep_database_connections()))
+        self.relay = await start_relay(self, self.relay_wanted)
         self.started = True
         logger.info(
             "Service %s %s (instance %s) serving %d endpoints, %d event handlers and %d timers "
@@ -206,6 +230,8 @@ class ServiceRunner:
             return
         self.stopping.set()
         logger.info("Service %s stopping; %d messages in flight.", self.name, len(self.in_flight))
+        for consumer in self.durable_consumers:
+            consumer.stop()
         for subscription in self.subscriptions:
             # Unsubscribing stops new deliveries at once; messages already delivered to this
             # process are still handled below.
@@ -280,6 +306,8 @@ class ServiceRunner:
 
     def _event_callback(self, event: Event) -> Any:
         async def on_event(message: Msg) -> None:
+            if message.headers and REPLAY_FOR in message.headers:
+                return  # a dead letter replayed for one durable handler (docs/durable.md)
             await self.slots.acquire()  # type: ignore[union-attr]
             self._spawn(self.handle_event(event, message))
 
@@ -287,12 +315,20 @@ class ServiceRunner:
 
     def _control_callback(self, verb: str) -> Any:
         async def on_control(message: Msg) -> None:
+            # Which server this instance is on now (it may change on a reconnect).
+            self.metadata["nats_server"] = discovery.nats_server_of(self.connection)
             if verb == "PING":
                 body = discovery.ping(self.identity, self.metadata)
             elif verb == "INFO":
                 body = discovery.info(self.identity, self.metadata, self.endpoints)
             else:
-                body = discovery.stats(self.identity, self.metadata, self.endpoints, self.counters)
+                body = discovery.stats(
+                    self.identity,
+                    self.metadata,
+                    self.endpoints,
+                    self.counters,
+                    discovery.latency_data(self.metrics.endpoints),
+                )
             if message.reply:
                 await message.respond(pydantic_core.to_json(body))
 
@@ -341,6 +377,8 @@ class ServiceRunner:
         self._log_access(
             "rpc", name, "ok" if error is None else f"{error.code} {error.type}", started
         )
+        if error is not None:
+            await self._report_error("rpc", name, message.subject, error, correlation_id)
         if not message.reply:
             return
         # A caller that sent a correlation id knows it, and a reply without headers is cheaper
@@ -384,6 +422,7 @@ class ServiceRunner:
         current_caller.set(event_caller(values.get(AUTHORIZATION)))
         self._track("event", event.attribute, values[CORRELATION_ID])
         outcome = "ok"
+        failure: ServiceError | None = None
         try:
             payload = parse_request(event.model, message.data)
             await self._invoke_handler(event.attribute, event.is_async, payload)
@@ -393,6 +432,7 @@ class ServiceRunner:
             self.events_failed += 1
             self.metrics.events[event.attribute]["rejected"] += 1
             outcome = f"{error.code} {error.type}"
+            failure = error
             logger.warning(
                 "Event on %s rejected by %s.%s: %s",
                 message.subject,
@@ -404,10 +444,15 @@ class ServiceRunner:
             self.events_failed += 1
             self.metrics.events[event.attribute]["error"] += 1
             outcome = "500 internal_error"
+            failure = InternalError()
             logger.exception(
                 "Event handler %s.%s failed on %s", self.name, event.attribute, message.subject
             )
         self._log_access("event", event.attribute, outcome, started, subject=message.subject)
+        if failure is not None:
+            await self._report_error(
+                "event", event.attribute, message.subject, failure, values[CORRELATION_ID]
+            )
 
     async def _invoke_handler(self, attribute: str, is_async: bool, argument: Any) -> Any:
         handler = getattr(self.service, attribute)
@@ -471,6 +516,21 @@ class ServiceRunner:
             outcome = "500 internal_error"
             logger.exception("Timer %s.%s failed", self.name, timer.attribute)
         self._log_access("timer", timer.attribute, outcome, started)
+        if outcome != "ok":
+            await self._report_error("timer", timer.attribute, "", InternalError(), correlation_id)
+
+    async def _report_error(
+        self, kind: str, name: str, subject: str, error: ServiceError, correlation_id: str
+    ) -> None:
+        """Publish an error record for the monitor (docs/console.md); rate-limited."""
+        await self.error_reporter.publish(
+            self.connection,
+            kind=kind,
+            endpoint=name,
+            subject=subject,
+            error=error,
+            correlation_id=correlation_id,
+        )
 
     def _track(self, kind: str, name: str, correlation_id: str) -> None:
         task = asyncio.current_task()

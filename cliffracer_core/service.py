@@ -48,6 +48,10 @@ class Event:
     model: type[BaseModel] | None
     is_async: bool
     broadcast: bool
+    # A JetStream consumer with acknowledgements, retries and dead letters (docs/durable.md);
+    # max_deliveries None means the DURABLE_MAX_DELIVERIES setting.
+    durable: bool = False
+    max_deliveries: int | None = None
 
 
 @dataclass(frozen=True)
@@ -91,17 +95,55 @@ def rpc[Function: Callable[..., Any]](
     return mark(function) if function is not None else mark
 
 
-def event(subject: str, *, broadcast: bool = False) -> Callable[[Function], Function]:
+def event(
+    subject: str,
+    *,
+    broadcast: bool = False,
+    durable: bool = False,
+    max_deliveries: int | None = None,
+    idempotent: bool = False,
+) -> Callable[[Function], Function]:
     """Mark a method as the handler of events on ``subject`` (``*`` and ``>`` wildcards).
 
     One instance of the service handles each event; ``broadcast=True`` delivers it to every
-    instance.
+    instance. ``durable=True`` makes the handler a JetStream consumer (the subject must be in
+    a declared stream): an event is acknowledged once the handler returns, retried after a
+    failure, and becomes a dead letter after ``max_deliveries`` (default: the setting
+    ``DURABLE_MAX_DELIVERIES``). ``idempotent=True`` runs a plain ``def`` durable handler in
+    a transaction with a processed-message record, and skips an event it has processed.
     """
     if not subject or " " in subject:
         raise ValueError(f"Invalid event subject {subject!r}.")
+    if durable and broadcast:
+        raise ValueError("A durable handler is shared by the service's instances; not broadcast.")
+    if (max_deliveries is not None or idempotent) and not durable:
+        raise ValueError("max_deliveries and idempotent apply to durable handlers only.")
+    if max_deliveries is not None and (
+        type(max_deliveries) is not int or max_deliveries < 1  # bool is no count
+    ):
+        raise ValueError("max_deliveries must be a positive integer.")
 
     def mark(function: Function) -> Function:
-        setattr(function, EVENT_MARK, {"subject": subject, "broadcast": broadcast})
+        if idempotent:
+            if inspect.iscoroutinefunction(function):
+                raise TypeError(
+                    f"{function.__qualname__}: idempotent=True needs a plain def handler (its "
+                    "writes share a transaction with the record); in an async handler use "
+                    "processed_once() inside sync_to_async."
+                )
+            from cliffracer_core.durable.idempotency import idempotent as make_idempotent
+
+            function = make_idempotent(function)  # type: ignore[assignment]
+        setattr(
+            function,
+            EVENT_MARK,
+            {
+                "subject": subject,
+                "broadcast": broadcast,
+                "durable": durable,
+                "max_deliveries": max_deliveries,
+            },
+        )
         return function
 
     return mark
@@ -133,6 +175,10 @@ class Service:
     # Who may subscribe or publish to this service's subjects over WebSocket:
     # ``SubjectRule``s or dicts as in the ``SUBJECT_RULES`` setting (docs/websocket.md).
     subject_rules: ClassVar[Sequence[Any]] = ()
+    # JetStream streams this service owns, as in the ``STREAMS`` setting:
+    # ``{"ORDERS": {"subjects": ["orders.>"]}}`` (docs/durable.md). Every process of the
+    # project knows them, so a publish to one of their subjects goes through JetStream.
+    streams: ClassVar[dict[str, dict[str, Any]]] = {}
 
     _handlers: ClassVar[tuple[dict[str, Rpc], list[Event], list[Timer]] | None] = None
 
@@ -198,6 +244,8 @@ class Service:
                             model=model,
                             is_async=inspect.iscoroutinefunction(function),
                             broadcast=mark["broadcast"],
+                            durable=mark.get("durable", False),
+                            max_deliveries=mark.get("max_deliveries"),
                         )
                     )
                 if mark := getattr(function, TIMER_MARK, None):
@@ -220,12 +268,17 @@ class Service:
         return current_caller.get()
 
     async def publish(
-        self, subject: str, data: Any, *, headers: dict[str, str] | None = None
+        self,
+        subject: str,
+        data: Any,
+        *,
+        headers: dict[str, str] | None = None,
+        msg_id: str | None = None,
     ) -> None:
         """Publish an event; the current correlation id and caller travel with it."""
         from cliffracer_core.client import apublish
 
-        await apublish(subject, data, headers=headers)
+        await apublish(subject, data, headers=headers, msg_id=msg_id)
 
     async def call(
         self,
@@ -246,8 +299,9 @@ def _models(
     service_class: type, function: Callable[..., Any], attribute: str
 ) -> tuple[type[BaseModel] | None, type[BaseModel] | None]:
     """Return the model of a handler's one argument and of its return value."""
-    module = inspect.getmodule(service_class)
-    hints = typing.get_type_hints(function, globalns=vars(module) if module else None)
+    # The handler's own module resolves its annotations (function.__globals__, the default),
+    # so that a subclass in another module inherits handlers written with postponed hints.
+    hints = typing.get_type_hints(function)
     parameters = [p for p in inspect.signature(function).parameters.values()][1:]
     if len(parameters) > 1:
         raise TypeError(

@@ -93,6 +93,60 @@ DEFAULTS: dict[str, Any] = {
         "192.168.0.0/16",
         "fc00::/7",
     ],
+    # The operations console in the admin (docs/console.md). The monitor service samples every
+    # instance's $SRV.INFO and $SRV.STATS into the database; the pages read what it stored. A
+    # project's MONITOR dict overrides these keys one by one; times are in seconds.
+    "MONITOR": {
+        # Between two samples (read when the monitor starts), and how long one round of
+        # discovery gathers answers. An instance is live until 3 sample intervals (plus the
+        # window) pass without an answer from it, so one missed round is not an outage.
+        "SAMPLE_INTERVAL": 10.0,
+        "DISCOVERY_WINDOW": 1.0,
+        # The pages' current rates, latencies and error rates are over this window; a live
+        # service whose errors reach DEGRADED_ERROR_RATE of its requests in it is degraded.
+        "RATE_WINDOW": 300.0,
+        "DEGRADED_ERROR_RATE": 0.05,
+        # How long per-minute figures are kept: of each service (the charts), of each endpoint
+        # (their current figures; at least RATE_WINDOW); and error records and instances no
+        # longer seen, and the most error records kept.
+        "MINUTE_RETENTION": 86400.0,
+        "ENDPOINT_MINUTE_RETENTION": 3600.0,
+        "ERROR_RETENTION": 7 * 86400.0,
+        "INSTANCE_RETENTION": 86400.0,
+        "MAX_ERRORS": 10000,
+        # Error records one service process may publish per second (a burst of as many is
+        # allowed); 0 publishes none.
+        "ERRORS_PER_SECOND": 10.0,
+    },
+    # Durable events and the transactional outbox (docs/durable.md). JetStream streams by
+    # name, {"ORDERS": {"subjects": ["orders.>"], "max_age": 7 * 86400}}; a service class may
+    # declare the streams of its own subjects in its ``streams`` attribute instead. Publishing
+    # to a subject a stream holds goes through JetStream and waits for its acknowledgement.
+    "STREAMS": {},
+    # Deliveries of one event to a durable handler before it becomes a dead letter
+    # (``@event(..., durable=True, max_deliveries=N)`` overrides it), and the seconds before
+    # each redelivery after a failure (the last one repeats).
+    "DURABLE_MAX_DELIVERIES": 5,
+    "DURABLE_RETRY_DELAYS": [1, 5, 30],
+    # Seconds JetStream waits for a delivery's acknowledgement before delivering it again
+    # (a handler still running extends it): how long a crashed instance's events wait.
+    "DURABLE_ACK_WAIT": 30.0,
+    # Events a durable handler asks JetStream for at once (at most CONCURRENCY).
+    "DURABLE_PULL_BATCH": 100,
+    # Seconds a processed-message record (``processed_once``, ``idempotent=True``) is kept.
+    "PROCESSED_MESSAGE_RETENTION": 7 * 86400.0,
+    # Seconds a publish to a stream waits for JetStream's acknowledgement (a publish that
+    # times out is tried twice more, with the same Nats-Msg-Id).
+    "PUBLISH_TIMEOUT": 5.0,
+    # The outbox relay (publish_on_commit): every runservice process runs one unless
+    # OUTBOX_RELAY is False (then run ``manage.py runrelay``). It wakes on a commit and polls
+    # every OUTBOX_POLL_INTERVAL seconds, publishes up to OUTBOX_BATCH_SIZE rows at a time
+    # (claimed for OUTBOX_LEASE seconds), and deletes sent rows after OUTBOX_RETENTION.
+    "OUTBOX_RELAY": True,
+    "OUTBOX_POLL_INTERVAL": 1.0,
+    "OUTBOX_BATCH_SIZE": 100,
+    "OUTBOX_LEASE": 30.0,
+    "OUTBOX_RETENTION": 86400.0,
 }
 
 # Settings that deployments set through the environment.

@@ -2,7 +2,7 @@
 
 Defaults suit a fresh machine (`make run`): SQLite and NATS data under var/, DEBUG on.
 Deployments override them with environment variables: SECRET_KEY, DEBUG, ALLOWED_HOSTS,
-DATABASE_URL, NATS_URL, LOG_LEVEL.
+DATABASE_URL, NATS_URL, CELERY_BROKER_URL, EMAIL_HOST (and the other EMAIL_*), LOG_LEVEL.
 """
 
 import os
@@ -15,6 +15,7 @@ from django.core.management.utils import get_random_secret_key
 
 from cliffracer_core.auth.keys import load_keys
 from cliffracer_core.files import write_once
+from cliffracer_core.jobs.broker import broker_transport_options
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 # Local state (SQLite, NATS data, logs, the generated secret key); VAR_DIR moves it.
@@ -76,7 +77,14 @@ INSTALLED_APPS = [
     "drf_spectacular",
     "drf_spectacular_sidecar",
     "django_prometheus",
+    # Celery's task results and its periodic schedules, both in the admin (docs/celery.md).
+    "django_celery_results",
+    "django_celery_beat",
     "cliffracer_core",
+    # The monitor behind the operations console in the admin (docs/console.md).
+    "cliffracer_core.monitor",
+    # Durable events: dead letters, processed messages, the outbox (docs/durable.md).
+    "cliffracer_core.durable",
     # Every service app: adding a service is adding a folder under apps/.
     *discover_apps(BASE_DIR / "apps"),
 ]
@@ -252,6 +260,51 @@ CLIFFRACER = {
         ],
     },
 }
+
+
+# Celery (docs/celery.md): `make run` starts a worker and beat. The embedded broker needs no
+# server: its queues are files under VAR_DIR/celery, shared by the processes of one host
+# (cliffracer_core/jobs/broker.py). Production sets CELERY_BROKER_URL=redis://host:6379/0 or
+# amqp://user:password@host:5672//.
+CELERY_BROKER_URL = os.environ.get("CELERY_BROKER_URL") or "filesystem://localhost/"
+CELERY_BROKER_TRANSPORT_OPTIONS = broker_transport_options(CELERY_BROKER_URL, VAR_DIR / "celery")
+CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
+# Where tasks go unless routed elsewhere; a separate name lets projects share one broker.
+CELERY_TASK_DEFAULT_QUEUE = os.environ.get("CELERY_TASK_DEFAULT_QUEUE") or "celery"
+# Outcomes in the database (django-celery-results), with the task's name and arguments, so the
+# admin shows what ran, when, and how it ended; kept for a day (CELERY_RESULT_EXPIRES).
+CELERY_RESULT_BACKEND = "django-db"
+CELERY_RESULT_EXTENDED = True
+# Periodic tasks live in the database, editable in the admin (django-celery-beat).
+CELERY_BEAT_SCHEDULER = "django_celery_beat.schedulers:DatabaseScheduler"
+CELERY_TIMEZONE = TIME_ZONE
+# The worker logs through LOGGING below, so that each line carries its correlation id.
+CELERY_WORKER_HIJACK_ROOT_LOGGER = False
+
+# Email: printed on the console in development. EMAIL_HOST turns on SMTP, with EMAIL_PORT,
+# EMAIL_HOST_USER, EMAIL_HOST_PASSWORD, EMAIL_USE_TLS / EMAIL_USE_SSL; EMAIL_BACKEND (a dotted
+# path) picks any other backend, e.g. the file-based one with EMAIL_FILE_PATH.
+EMAIL_HOST = os.environ.get("EMAIL_HOST", "")
+EMAIL_BACKEND = os.environ.get("EMAIL_BACKEND") or (
+    "django.core.mail.backends.smtp.EmailBackend"
+    if EMAIL_HOST
+    else "django.core.mail.backends.console.EmailBackend"
+)
+EMAIL_PORT = int(os.environ.get("EMAIL_PORT", "25"))
+EMAIL_HOST_USER = os.environ.get("EMAIL_HOST_USER", "")
+EMAIL_HOST_PASSWORD = os.environ.get("EMAIL_HOST_PASSWORD", "")
+EMAIL_USE_TLS = env_bool("EMAIL_USE_TLS", default=False)
+EMAIL_USE_SSL = env_bool("EMAIL_USE_SSL", default=False)
+EMAIL_TIMEOUT = int(os.environ.get("EMAIL_TIMEOUT", "30"))
+if os.environ.get("EMAIL_FILE_PATH"):
+    EMAIL_FILE_PATH = os.environ["EMAIL_FILE_PATH"]
+DEFAULT_FROM_EMAIL = os.environ.get("DEFAULT_FROM_EMAIL", "Cliffracer shop <shop@localhost>")
+
+# The example shop: an order not paid this long after it was placed is cancelled (by a
+# periodic task, every minute) and its stock released.
+ORDERS_PAYMENT_DEADLINE = timedelta(
+    minutes=float(os.environ.get("ORDERS_PAYMENT_DEADLINE_MINUTES", "15"))
+)
 
 LOG_LEVEL = os.environ.get("LOG_LEVEL", "INFO").upper()
 # "console" (one readable line per record) or "json" (one JSON object per line).

@@ -9,6 +9,8 @@ from cliffracer_core.metrics.views import metrics
 from cliffracer_core.rest.health import healthz, readyz
 
 urlpatterns = [
+    # The operations console (docs/console.md), before the admin site it belongs to.
+    path("admin/", include("cliffracer_core.operations.urls")),
     path("admin/", admin.site.urls),
     path("api/rpc/", include("cliffracer_core.rest.gateway_urls")),
     path("api/", include("cliffracer_core.rest.urls")),

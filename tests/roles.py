@@ -19,6 +19,7 @@ ROLE_MIGRATIONS = (
     ("inventory", "0004_roles"),
     ("payments", "0002_roles"),
     ("notifications", "0003_roles"),
+    ("orders", "0006_console_roles"),
 )
 
 
@@ -28,5 +29,5 @@ def restore_roles() -> None:
     editor = SimpleNamespace(connection=connection)
     for app_label, name in ROLE_MIGRATIONS:
         state = loader.project_state((app_label, name), at_end=True)
-        module = import_module(f"apps.{app_label}.migrations.{name}")
+        module = import_module(type(loader.graph.nodes[(app_label, name)]).__module__)
         module.grant_roles(state.apps, editor)

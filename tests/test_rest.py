@@ -206,6 +206,7 @@ ROLES = {
         "orders.view_order",
     },
     "staff": {
+        "cliffracer_core.view_services",
         "inventory.change_stockitem",
         "inventory.view_reservation",
         "inventory.view_stockitem",
@@ -235,13 +236,13 @@ def test_the_migrations_create_the_roles_with_their_permissions():
 
     assert permissions("customer") == ROLES["customer"]
     assert permissions("staff") == ROLES["staff"]
-    # Operators hold every permission of the example's apps.
+    # Operators hold every permission of the example's apps, and use the operations console.
     assert permissions("operator") == {
         f"{app_label}.{codename}"
         for app_label, codename in Permission.objects.filter(
             content_type__app_label__in=["orders", "inventory", "payments", "notifications"]
         ).values_list("content_type__app_label", "codename")
-    }
+    } | {"cliffracer_core.view_services", "cliffracer_core.call_services"}
 
 
 @pytest.mark.django_db

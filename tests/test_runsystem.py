@@ -15,7 +15,10 @@ from cliffracer_core.discovery import request_all
 from cliffracer_core.embedded import free_port, port_is_free
 from cliffracer_core.testing.plugin import database_url, project_root, run_async
 
-SERVICES = {"inventory", "notifications", "orders", "payments"}
+# The example services, and the monitor behind the console in the admin (docs/console.md).
+SERVICES = {"inventory", "monitor", "notifications", "orders", "payments"}
+# What runsystem starts besides them (docs/celery.md).
+CELERY = {"celery-worker", "celery-beat"}
 
 
 def pid_alive(pid: int) -> bool:
@@ -68,9 +71,11 @@ def test_runsystem_starts_everything_and_stops_cleanly(tmp_path, stop_signal):
         assert "Press Ctrl-C to stop." in text, text
         nats_url = re.search(r"Started the embedded nats-server at (nats://\S+)\.", text)[1]
         pids = [int(match) for match in re.findall(r"^\s+\S+\s+(\d+)\s", text, re.MULTILINE)]
-        assert len(pids) == 3  # NATS, the services' supervisor, the web server
+        # NATS, the services' supervisor, the web server, the Celery worker and beat.
+        assert len(pids) == 5
+        assert re.search(r"^\s+worker\s+\d+\s+celery worker, broker filesystem://", text, re.M)
         services_row = re.search(r"^\s+services\s+\d+\s+runservices --reload: (.*)$", text, re.M)
-        assert services_row[1].split(", ") == sorted(SERVICES)
+        assert sorted(services_row[1].split(", ")) == sorted(SERVICES)
         # One process per service, each run by the supervisor.
         service_pids = running_services(text)
         assert set(service_pids) == {f"{name}.1" for name in SERVICES}
@@ -84,7 +89,9 @@ def test_runsystem_starts_everything_and_stops_cleanly(tmp_path, stop_signal):
             finally:
                 await connection.close()
 
-        assert {reply["name"] for reply in run_async(ping())} == SERVICES
+        # The Celery worker and beat answer discovery as the services do.
+        wait_for(lambda: {reply["name"] for reply in run_async(ping())} >= CELERY)
+        assert {reply["name"] for reply in run_async(ping())} == SERVICES | CELERY
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/admin/login/", timeout=10) as page:
             assert page.status == 200
         assert (tmp_path / "var" / "nats").is_dir()

@@ -20,7 +20,7 @@ from cliffracer_core import call, publish
 from cliffracer_core.connection import connect
 from cliffracer_core.discovery import request_all
 from cliffracer_core.supervisor import backoff_delay, describe_exit, last_error_line
-from cliffracer_core.testing.plugin import project_root, run_async
+from cliffracer_core.testing.plugin import database_url, project_root, run_async
 from tests.test_runservice import send_sleeps
 
 STATUS = re.compile(
@@ -139,11 +139,15 @@ class Managed:
 
 
 @pytest.fixture
-def manage(nats_server, tmp_path: Path) -> Iterator[Callable[..., Managed]]:
-    """Start ``manage.py <arguments>``; whatever still runs after the test is stopped."""
+def manage(nats_server, tmp_path: Path, transactional_db) -> Iterator[Callable[..., Managed]]:
+    """Start ``manage.py <arguments>``; whatever still runs after the test is stopped.
+
+    The processes share the test database (migrated: every service runs an outbox relay).
+    """
     started: list[Managed] = []
 
     def start(*arguments: str, **environment: str) -> Managed:
+        environment.setdefault("DATABASE_URL", database_url())
         managed = Managed(tmp_path / f"manage-{len(started)}.log", arguments, environment)
         started.append(managed)
         return managed

@@ -14,7 +14,7 @@ from apps.inventory.schemas import (
     StockReleased,
     StockReserved,
 )
-from apps.orders.schemas import OrderPaid, OrderPaymentFailed
+from apps.orders.schemas import OrderCancelled, OrderPaid, OrderPaymentFailed
 from cliffracer_core import Service, event, rpc
 
 
@@ -60,6 +60,11 @@ class InventoryService(Service):
 
     @event("orders.payment_failed")
     def on_order_payment_failed(self, order: OrderPaymentFailed) -> None:
+        logic.stock_release(order_reference=str(order.order_reference))
+
+    @event("orders.cancelled")
+    def on_order_cancelled(self, order: OrderCancelled) -> None:
+        # Not paid in time (apps/orders/tasks.py): the goods are available again.
         logic.stock_release(order_reference=str(order.order_reference))
 
 

@@ -8,6 +8,7 @@ class Notification(models.Model):
         ORDER_CREATED = "order_created", "Order created"
         ORDER_PAID = "order_paid", "Order paid"
         PAYMENT_FAILED = "payment_failed", "Payment failed"
+        ORDER_CANCELLED = "order_cancelled", "Order cancelled"
 
     customer_id = models.PositiveBigIntegerField(db_index=True)
     email = models.EmailField()
@@ -15,6 +16,8 @@ class Notification(models.Model):
     kind = models.CharField(max_length=32, choices=Kind.choices)
     message = models.TextField()
     created_at = models.DateTimeField(auto_now_add=True)
+    # When the email went out (apps/notifications/tasks.py); a task run again sends none.
+    emailed_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
         ordering = ["-created_at", "-id"]

@@ -139,7 +139,8 @@ class OrderListCreateApi(ListApi):
         description=(
             "Reserves the stock in the inventory service and stores the order as "
             "pending_payment; the payment is taken asynchronously, so poll the order until "
-            "it is paid or payment_failed. The customer is the authenticated user."
+            "it is paid or payment_failed (or cancelled, when it is not paid in time). The "
+            "customer is the authenticated user."
         ),
         request=InputSerializer,
         responses={

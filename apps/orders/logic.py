@@ -2,7 +2,9 @@
 
 Placing an order reserves its stock in inventory first (over NATS) and stores the order only
 when that succeeded, so a refused order leaves nothing behind. Payment outcomes arrive as
-events; each moves a pending order once, and a repeated or late event changes nothing.
+events; each moves a pending order once, and a repeated or late event changes nothing. An
+order still unpaid ``ORDERS_PAYMENT_DEADLINE`` after it was placed is cancelled (a periodic
+task), and inventory releases its stock when it hears ``orders.cancelled``.
 """
 
 from __future__ import annotations
@@ -10,11 +12,14 @@ from __future__ import annotations
 import logging
 import uuid
 from collections.abc import Iterable
+from datetime import timedelta
 from decimal import Decimal
 from functools import partial
 
+from django.conf import settings
 from django.db import transaction
 from django.db.models import QuerySet
+from django.utils import timezone
 
 from apps.inventory.schemas import (
     ReleaseStock,
@@ -25,7 +30,13 @@ from apps.inventory.schemas import (
 )
 from apps.orders.errors import InventoryUnavailable, OrderNotFound, OutOfStock, UnknownSku
 from apps.orders.models import Order, OrderLine
-from apps.orders.schemas import OrderCreated, OrderEvent, OrderPaid, OrderPaymentFailed
+from apps.orders.schemas import (
+    OrderCancelled,
+    OrderCreated,
+    OrderEvent,
+    OrderPaid,
+    OrderPaymentFailed,
+)
 from cliffracer_core import RemoteError, RpcTimeout, ServiceError, call, publish
 
 logger = logging.getLogger(__name__)
@@ -132,6 +143,39 @@ def order_mark_payment_failed(*, order_id: int, reason: str) -> Order | None:
     return _settle_payment(order_id, Order.Status.PAYMENT_FAILED, reason=reason)
 
 
+# Why an order was cancelled, in ``failure_reason`` and the ``orders.cancelled`` event.
+NOT_PAID_IN_TIME = "not_paid_in_time"
+# Orders cancelled by one run at most; the next run (a minute later) takes the rest.
+CANCEL_BATCH = 500
+
+
+def order_cancel_unpaid(*, older_than: timedelta | None = None) -> list[Order]:
+    """Cancel the orders still pending payment ``older_than`` after they were placed
+    (``settings.ORDERS_PAYMENT_DEADLINE`` by default), oldest first, each announced on
+    ``orders.cancelled`` once committed; return the cancelled ones.
+
+    An order paid meanwhile is left as it is: each is checked again under its row lock.
+    """
+    deadline = settings.ORDERS_PAYMENT_DEADLINE if older_than is None else older_than
+    placed_before = timezone.now() - deadline
+    overdue = (
+        Order.objects.filter(status=Order.Status.PENDING_PAYMENT, created_at__lt=placed_before)
+        .order_by("created_at", "pk")
+        .values_list("pk", flat=True)[:CANCEL_BATCH]
+    )
+    cancelled = []
+    for order_id in list(overdue):
+        try:
+            order = _settle_payment(order_id, Order.Status.CANCELLED, reason=NOT_PAID_IN_TIME)
+        except OrderNotFound:  # deleted since it was listed
+            continue
+        if order is not None:
+            cancelled.append(order)
+    if cancelled:
+        logger.info("Cancelled %d orders not paid within %s.", len(cancelled), deadline)
+    return cancelled
+
+
 def _settle_payment(order_id: int, status: Order.Status, *, reason: str) -> Order | None:
     with transaction.atomic():
         order = Order.objects.select_for_update().filter(pk=order_id).first()
@@ -144,7 +188,7 @@ def _settle_payment(order_id: int, status: Order.Status, *, reason: str) -> Orde
                     "Payment completed for order %s, whose status is %s.", order.pk, order.status
                 )
             else:
-                logger.info("Order %s is already %s; event ignored.", order.pk, order.status)
+                logger.info("Order %s is already %s; left as it is.", order.pk, order.status)
             return None
         order.status = status
         order.failure_reason = reason[:200]
@@ -152,6 +196,9 @@ def _settle_payment(order_id: int, status: Order.Status, *, reason: str) -> Orde
         if status == Order.Status.PAID:
             event = order_event(order, OrderPaid)
             subject = "orders.paid"
+        elif status == Order.Status.CANCELLED:
+            event = order_event(order, OrderCancelled, reason=reason)
+            subject = "orders.cancelled"
         else:
             event = order_event(order, OrderPaymentFailed, reason=reason)
             subject = "orders.payment_failed"

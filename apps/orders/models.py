@@ -10,6 +10,8 @@ class Order(models.Model):
         PENDING_PAYMENT = "pending_payment", "Pending payment"
         PAID = "paid", "Paid"
         PAYMENT_FAILED = "payment_failed", "Payment failed"
+        # Not paid within ORDERS_PAYMENT_DEADLINE (apps/orders/tasks.py).
+        CANCELLED = "cancelled", "Cancelled"
 
     # Names the order to other services before it has a primary key (stock is reserved first).
     reference = models.UUIDField(default=uuid.uuid4, unique=True, editable=False)

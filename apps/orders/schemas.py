@@ -17,7 +17,7 @@ from pydantic import AfterValidator, BaseModel, Field
 
 from apps.inventory.schemas import MAX_QUANTITY, SKU_PATTERN
 
-OrderStatus = Literal["pending_payment", "paid", "payment_failed"]
+OrderStatus = Literal["pending_payment", "paid", "payment_failed", "cancelled"]
 
 
 def _check_email(value: str) -> str:
@@ -105,4 +105,11 @@ class OrderPaymentFailed(OrderEvent):
     """``orders.payment_failed``: the payment was declined; the order will not ship."""
 
     status: Literal["payment_failed"] = "payment_failed"
+    reason: str
+
+
+class OrderCancelled(OrderEvent):
+    """``orders.cancelled``: the order was not paid in time; its stock is to be released."""
+
+    status: Literal["cancelled"] = "cancelled"
     reason: str

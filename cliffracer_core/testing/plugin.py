@@ -21,6 +21,9 @@ from cliffracer_core.embedded import NatsServer
 from cliffracer_core.service import Service
 from cliffracer_core.testing.services import RunningService
 
+# The Celery fixtures: a broker of the session's own, a real worker and beat.
+pytest_plugins = ["cliffracer_core.testing.workers"]
+
 
 @pytest.fixture(scope="session")
 def nats_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NatsServer]:

@@ -9,6 +9,7 @@ import sys
 from typing import Any
 
 from django.apps import apps
+from django.core.exceptions import ImproperlyConfigured
 from django.core.management.base import BaseCommand, CommandParser
 
 from cliffracer_core.apps import ServiceAppConfig
@@ -126,12 +127,16 @@ class Command(BaseCommand):
                     grace_period=options["grace_period"],
                 )
             )
-        runner = ServiceRunner(
-            config.service_class,
-            nats_url=options["nats_url"] or str(cliffracer_settings.NATS_URL),
-            concurrency=concurrency,
-            grace_period=options["grace_period"],
-        )
+        try:
+            runner = ServiceRunner(
+                config.service_class,
+                nats_url=options["nats_url"] or str(cliffracer_settings.NATS_URL),
+                concurrency=concurrency,
+                grace_period=options["grace_period"],
+            )
+        except ImproperlyConfigured as error:  # e.g. a durable handler that no stream covers
+            self.stderr.write(f"runservice: {error}")
+            sys.exit(2)
         set_process_role("service")
         inspection = None if inspect is None else (options["inspect_host"], inspect)
         exporter = None

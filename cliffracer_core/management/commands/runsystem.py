@@ -1,4 +1,5 @@
-"""Run the whole system on this machine: NATS, every service app and the web server."""
+"""Run the whole system on this machine: NATS, every service app, the web server, and the
+Celery worker and beat."""
 
 from __future__ import annotations
 
@@ -10,10 +11,12 @@ import sys
 import threading
 import time
 from dataclasses import dataclass
+from importlib.util import find_spec
 from pathlib import Path
 from types import FrameType
 from typing import Any
 
+from celery import current_app
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.urls import NoReverseMatch, reverse
@@ -38,18 +41,25 @@ class Child:
     where: str
     process: subprocess.Popen
     reported: bool = False
+    # A Celery worker stops its pool processes itself and must be the only one told to: a pool
+    # process that gets the SIGTERM too dies mid-task and leaves the worker waiting for it.
+    signal_leader_only: bool = False
 
     def signal(self, number: int) -> None:
-        """Send a signal to the child's whole process group."""
+        """Send a signal to the child's whole process group, or to the child alone when it
+        stops its own processes; SIGKILL always goes to the whole group."""
         with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.process.pid, number)
+            if self.signal_leader_only and number != signal.SIGKILL:
+                os.kill(self.process.pid, number)
+            else:
+                os.killpg(self.process.pid, number)
 
 
 class Command(BaseCommand):
     help = (
         "Run NATS (embedded unless NATS_URL is set and reachable), every service app under one "
-        "`runservices --reload` supervisor, and daphne. Ctrl-C stops them all: services and web "
-        "first, NATS last."
+        "`runservices --reload` supervisor, daphne, and a Celery worker and beat. Ctrl-C stops "
+        "them all: services, web and Celery first, NATS last."
     )
 
     def add_arguments(self, parser: CommandParser) -> None:
@@ -116,6 +126,10 @@ class Command(BaseCommand):
                     base_dir,
                 )
             )
+            for name, where, command in celery_children():
+                children.append(
+                    self.spawn(name, where, command, environment, base_dir, signal_leader_only=True)
+                )
             notes = []
             if live_page := live_page_url(web_url):
                 notes.append(f"Live page: {live_page}  (demo users: manage.py demo_users)")
@@ -167,6 +181,8 @@ class Command(BaseCommand):
         command: list[str],
         environment: dict[str, str],
         directory: Path,
+        *,
+        signal_leader_only: bool = False,
     ) -> Child:
         # A session of its own: a terminal Ctrl-C reaches only runsystem, which then stops the
         # children in order. Should runsystem be killed, they get SIGTERM and stop by themselves.
@@ -174,7 +190,7 @@ class Command(BaseCommand):
             command, cwd=directory, env=environment, stdin=subprocess.DEVNULL,
             start_new_session=True, preexec_fn=die_with_parent(),
         )  # fmt: skip
-        return Child(name, where, process)
+        return Child(name, where, process, signal_leader_only=signal_leader_only)
 
     def print_table(
         self,
@@ -242,6 +258,39 @@ class Command(BaseCommand):
             self.stdout.write("Stopping the embedded nats-server...")
             nats_server.stop()
         self.stdout.write("Stopped.")
+
+
+def celery_children() -> list[tuple[str, str, list[str]]]:
+    """The Celery worker and beat of the project's Celery app: (name, where, command) each.
+
+    The app is found by its main name, which Celery's Django layout makes the module that
+    holds it (``Celery("settings")`` in ``settings/celery.py``); none without such an app.
+    """
+    app = current_app._get_current_object()
+    if not app.main or find_spec(app.main) is None:
+        return []
+    celery = [sys.executable, "-m", "celery", "--app", app.main]
+    broker = redact(str(app.conf.broker_url or ""))
+    worker = [
+        *celery,
+        "worker",
+        "--loglevel",
+        "INFO",
+        "--hostname",
+        "celery-worker@%h",
+        # Two pool processes are plenty on a development machine.
+        "--concurrency",
+        "2",
+        # Worker-to-worker chatter, for many workers on a real broker; one needs none of it.
+        "--without-gossip",
+        "--without-mingle",
+        "--without-heartbeat",
+    ]
+    beat = [*celery, "beat", "--loglevel", "INFO"]
+    return [
+        ("worker", f"celery worker, broker {broker}", worker),
+        ("beat", "celery beat, schedules in the admin (Periodic tasks)", beat),
+    ]
 
 
 def live_page_url(web_url: str) -> str | None:

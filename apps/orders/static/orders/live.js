@@ -25,7 +25,7 @@
     1012: "the server restarted",
   };
   // Statuses only move forward, so a late or stale report never undoes a newer one.
-  const STATUS_RANK = { pending_payment: 0, paid: 1, payment_failed: 1 };
+  const STATUS_RANK = { pending_payment: 0, paid: 1, payment_failed: 1, cancelled: 1 };
 
   const $ = (id) => document.getElementById(id);
 

@@ -1,0 +1,6 @@
+from cliffracer_core import ServiceAppConfig
+
+
+class DurableTestConfig(ServiceAppConfig):
+    name = "tests.durableapp"
+    label = "durabletest"
