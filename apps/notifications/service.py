@@ -18,7 +18,7 @@ class NotificationsService(Service):
         SubjectRule("notifications.user.*", subscribe=("notifications.view_all_notifications",)),
     ]
 
-    @event("orders.*")
+    @event("orders.*", durable=True, idempotent=True)
     def on_order_event(self, order: OrderEvent) -> None:
         logic.notification_for_order_status(
             order_id=order.order_id,

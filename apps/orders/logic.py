@@ -14,7 +14,6 @@ import uuid
 from collections.abc import Iterable
 from datetime import timedelta
 from decimal import Decimal
-from functools import partial
 
 from django.conf import settings
 from django.db import transaction
@@ -37,7 +36,7 @@ from apps.orders.schemas import (
     OrderPaid,
     OrderPaymentFailed,
 )
-from cliffracer_core import RemoteError, RpcTimeout, ServiceError, call, publish
+from cliffracer_core import RemoteError, RpcTimeout, ServiceError, call, publish_on_commit
 
 logger = logging.getLogger(__name__)
 
@@ -72,16 +71,23 @@ def order_place(
             _release_quietly(reference)
         raise _inventory_refusal(error) from None
     try:
-        order = order_create(
-            reference=reference,
-            customer_id=customer_id,
-            customer_email=customer_email,
-            lines=reserved.lines,
-        )
+        with transaction.atomic():
+            order = order_create(
+                reference=reference,
+                customer_id=customer_id,
+                customer_email=customer_email,
+                lines=reserved.lines,
+            )
+            # Through the outbox: published once the order is committed, even if this process
+            # dies right after; the order's reference makes a second publish a no-op.
+            publish_on_commit(
+                "orders.created",
+                order_event(order, OrderCreated, payment_token=payment_token),
+                msg_id=f"order-{order.reference}-created",
+            )
     except Exception:
         _release_quietly(reference)
         raise
-    publish("orders.created", order_event(order, OrderCreated, payment_token=payment_token))
     return order
 
 
@@ -202,9 +208,9 @@ def _settle_payment(order_id: int, status: Order.Status, *, reason: str) -> Orde
         else:
             event = order_event(order, OrderPaymentFailed, reason=reason)
             subject = "orders.payment_failed"
-        # Announced once the change is committed, so listeners never see a status that a
-        # rollback took back.
-        transaction.on_commit(partial(publish, subject, event))
+        # Announced through the outbox, in the same transaction: listeners never see a status
+        # that a rollback took back, and never miss one that was committed.
+        publish_on_commit(subject, event, msg_id=f"order-{order.reference}-{order.status}")
     return order
 
 

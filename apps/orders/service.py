@@ -23,6 +23,9 @@ class OrdersService(Service):
     # Every order's events, live over WebSocket, for those who see every order (staff,
     # operators); a customer follows their own through notifications.user.<id>.
     subject_rules = [SubjectRule("orders.*", subscribe=("orders.view_all_orders",))]
+    # Orders' events are kept in JetStream (docs/durable.md): its listeners' durable handlers
+    # get each of them even when they were down when it was published.
+    streams = {"ORDERS": {"subjects": ["orders.>"]}}
 
     @rpc(permission="orders.add_order")
     def create_order(self, request: CreateOrder) -> OrderPlaced:
@@ -58,11 +61,11 @@ class OrdersService(Service):
         customer_id = own_customer_id(self.caller, unless="orders.view_all_orders")
         return order_detail(logic.order_get(order_id=request.order_id, customer_id=customer_id))
 
-    @event("payments.completed")
+    @event("payments.completed", durable=True, idempotent=True)
     def on_payment_completed(self, payment: PaymentCompleted) -> None:
         logic.order_mark_paid(order_id=payment.order_id)
 
-    @event("payments.failed")
+    @event("payments.failed", durable=True, idempotent=True)
     def on_payment_failed(self, payment: PaymentFailed) -> None:
         logic.order_mark_payment_failed(order_id=payment.order_id, reason=payment.reason)
 

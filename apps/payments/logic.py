@@ -7,14 +7,13 @@ There is no real payment gateway: ``authorize`` declines every token that starts
 from __future__ import annotations
 
 from decimal import Decimal
-from functools import partial
 from uuid import UUID
 
 from django.db import transaction
 
 from apps.payments.models import Payment
 from apps.payments.schemas import PaymentCompleted, PaymentFailed
-from cliffracer_core import publish
+from cliffracer_core import publish_on_commit
 
 DECLINED_TOKEN_PREFIX = "tok_decline"
 
@@ -47,21 +46,27 @@ def payment_take(
                 status=Payment.Status.FAILED if reason else Payment.Status.COMPLETED,
                 failure_reason=reason,
             )
-        transaction.on_commit(partial(announce, payment))
+        announce(payment)
     return payment
 
 
 def announce(payment: Payment) -> None:
-    """Publish the payment's outcome."""
+    """Publish the payment's outcome through the outbox, with the current transaction.
+
+    The message id is the payment's and its outcome's, so announcing it again stores nothing
+    new in the stream.
+    """
+    msg_id = f"payment-{payment.pk}-{payment.status}"
     if payment.status == Payment.Status.COMPLETED:
-        publish(
+        publish_on_commit(
             "payments.completed",
             PaymentCompleted(
                 payment_id=payment.pk, order_id=payment.order_id, amount=payment.amount
             ),
+            msg_id=msg_id,
         )
     else:
-        publish(
+        publish_on_commit(
             "payments.failed",
             PaymentFailed(
                 payment_id=payment.pk,
@@ -69,4 +74,5 @@ def announce(payment: Payment) -> None:
                 amount=payment.amount,
                 reason=payment.failure_reason,
             ),
+            msg_id=msg_id,
         )

@@ -10,7 +10,9 @@ from cliffracer_core import Service, event
 class PaymentsService(Service):
     """Takes the payment of each new order and announces the outcome."""
 
-    @event("orders.created")
+    streams = {"PAYMENTS": {"subjects": ["payments.>"]}}
+
+    @event("orders.created", durable=True, idempotent=True)
     def on_order_created(self, order: OrderCreated) -> None:
         logic.payment_take(
             order_id=order.order_id,

@@ -25,23 +25,27 @@ from cliffracer_core.testing.services import RunningService
 pytest_plugins = ["cliffracer_core.testing.workers"]
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="session", autouse=True)
 def nats_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NatsServer]:
     """A nats-server with JetStream on a free port, for the whole session.
 
     ``NATS_URL`` points at it, so every client and service in the tests (and the processes
-    they start) use it and never a server that happens to be installed on the machine.
+    they start) use it and never a server that happens to be installed on the machine. It is
+    started for every session, before any test: code under test that publishes (an
+    ``on_commit`` event, a task) must not reach whatever listens on the default URL.
     """
+    from cliffracer_core.client import close_sync_connection
+
     server = NatsServer(store_dir=tmp_path_factory.mktemp("nats"))
     server.start()
     previous = os.environ.get("NATS_URL")
     os.environ["NATS_URL"] = server.url
     _reload_settings()
+    # A connection opened before (at import, by another plugin) would still point elsewhere.
+    close_sync_connection()
     try:
         yield server
     finally:
-        from cliffracer_core.client import close_sync_connection
-
         close_sync_connection()
         if previous is None:
             os.environ.pop("NATS_URL", None)

@@ -27,9 +27,13 @@ TIMEOUT = 30.0
 
 @pytest.fixture
 def published(monkeypatch) -> list[tuple[str, object]]:
-    """What the logic publishes, recorded instead of sent."""
+    """What the logic hands to the outbox, recorded instead of written."""
     events: list[tuple[str, object]] = []
-    monkeypatch.setattr(logic, "publish", lambda subject, data: events.append((subject, data)))
+    monkeypatch.setattr(
+        logic,
+        "publish_on_commit",
+        lambda subject, data, **options: events.append((subject, data)),
+    )
     return events
 
 

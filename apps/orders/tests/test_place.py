@@ -30,7 +30,7 @@ def inventory(start_service):
     received.clear()
     stock_item_create(sku="P-BOOK", name="Book", price="10.00", quantity_on_hand=5)
     stock_item_create(sku="P-PEN", name="Pen", price="1.50", quantity_on_hand=2)
-    start_service(OrdersCreatedRecorder)
+    start_service(OrdersCreatedRecorder, relay=True)
     return start_service(InventoryService)
 
 

@@ -20,7 +20,7 @@ CUSTOMER = ("orders.add_order", "orders.view_order", "inventory.reserve_stock")
 def services(start_service):
     stock_item_create(sku="S-BOOK", name="Book", price="10.00", quantity_on_hand=5)
     start_service(InventoryService)
-    start_service(OrdersService)
+    start_service(OrdersService, relay=True)
 
 
 def user(username: str, *permissions: str) -> User:
