@@ -190,8 +190,8 @@ def test_bad_frames_close_only_the_socket_that_sent_them(web, nats_with_monitori
             await bad.recv()
         # Bigger than daphne's own 1 MiB limit: the server drops that socket too.
         huge = await open_socket(server.ws_url, alice_token, max_size=None)
-        await huge.send("x" * (2 * 1024 * 1024))
-        with pytest.raises(ConnectionClosed):
+        with pytest.raises(ConnectionClosed):  # while sending, or when reading after it
+            await huge.send("x" * (2 * 1024 * 1024))
             await asyncio.wait_for(huge.recv(), 10)
         publisher = await nats_connection(nats_with_monitoring)
         await publisher.publish("ws.public.ticks", b'{"n": 1}')
