@@ -81,7 +81,13 @@ class ChildProcess:
     """A subprocess of the project's (run from its root) whose output goes to a log file."""
 
     def __init__(
-        self, label: str, command: list[str], *, log_path: Path, env: dict[str, str]
+        self,
+        label: str,
+        command: list[str],
+        *,
+        log_path: Path,
+        env: dict[str, str],
+        start_new_session: bool = False,
     ) -> None:
         self.label = label
         self.log_path = log_path
@@ -92,6 +98,7 @@ class ChildProcess:
             env=env,
             stdout=self.log_file,
             stderr=subprocess.STDOUT,
+            start_new_session=start_new_session,
         )
 
     @property
@@ -137,6 +144,19 @@ class ServiceProcess(ChildProcess):
         raise RuntimeError(f"runservice {self.label} did not start:\n{self.output()[-4000:]}")
 
 
+def child_environment(nats_server: NatsServer, environment: dict[str, str]) -> dict[str, str]:
+    """The environment of a process a test starts: the suite's NATS and database, and extras."""
+    env = dict(os.environ)
+    env.update(
+        NATS_URL=nats_server.url,
+        DATABASE_URL=database_url(),
+        PYTHONUNBUFFERED="1",
+        DJANGO_SETTINGS_MODULE=os.environ.get("DJANGO_SETTINGS_MODULE", "settings.settings"),
+    )
+    env.update(environment)
+    return env
+
+
 def project_root() -> Path:
     return Path(__file__).resolve().parents[2]
 
@@ -169,14 +189,7 @@ def runservice_process(
     started: list[ServiceProcess] = []
 
     def start(label: str, *arguments: str, wait: bool = True, **environment: str) -> ServiceProcess:
-        env = dict(os.environ)
-        env.update(
-            NATS_URL=nats_server.url,
-            DATABASE_URL=database_url(),
-            PYTHONUNBUFFERED="1",
-            DJANGO_SETTINGS_MODULE=os.environ.get("DJANGO_SETTINGS_MODULE", "settings.settings"),
-        )
-        env.update(environment)
+        env = child_environment(nats_server, environment)
         log_path = tmp_path / f"{label}-{len(started)}.log"
         process = ServiceProcess(label, log_path=log_path, arguments=list(arguments), env=env)
         started.append(process)
@@ -233,14 +246,7 @@ def web_process(nats_server: NatsServer, tmp_path: Path) -> Iterator[Callable[..
     started: list[WebProcess] = []
 
     def start(label: str = "web", **environment: str) -> WebProcess:
-        env = dict(os.environ)
-        env.update(
-            NATS_URL=nats_server.url,
-            DATABASE_URL=database_url(),
-            PYTHONUNBUFFERED="1",
-            DJANGO_SETTINGS_MODULE=os.environ.get("DJANGO_SETTINGS_MODULE", "settings.settings"),
-        )
-        env.update(environment)
+        env = child_environment(nats_server, environment)
         process = WebProcess(label, log_path=tmp_path / f"{label}-{len(started)}.log", env=env)
         started.append(process)
         return process.wait_listening()

@@ -24,6 +24,7 @@ from celery import current_app, signals
 
 from cliffracer_core.embedded import NatsServer
 from cliffracer_core.jobs.broker import broker_transport_options
+from cliffracer_core.testing.plugin import ChildProcess, child_environment
 
 # What the worker and beat log once they answer ADR-32 discovery (cliffracer_core.jobs).
 READY_MARKER = "answers $SRV.PING"
@@ -78,29 +79,13 @@ def celery_published() -> Iterator[list[tuple[str, dict[str, Any]]]]:
         signals.after_task_publish.disconnect(dispatch_uid=uid)
 
 
-class CeleryProcess:
+class CeleryProcess(ChildProcess):
     """A ``celery worker`` or ``celery beat`` subprocess whose output goes to a log file."""
 
     def __init__(self, command: list[str], *, log_path: Path, env: dict[str, str]) -> None:
-        from cliffracer_core.testing.plugin import project_root
-
-        self.log_path = log_path
-        self.log_file = open(log_path, "wb")  # noqa: SIM115  (closed in stop())
-        self.process = subprocess.Popen(
-            command,
-            cwd=str(project_root()),
-            env=env,
-            stdout=self.log_file,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-
-    @property
-    def pid(self) -> int:
-        return self.process.pid
-
-    def output(self) -> str:
-        return self.log_path.read_text(errors="replace")
+        # A session of its own: stop() kills the worker's pool children with it.
+        label = " ".join(command[4:6])
+        super().__init__(label, command, log_path=log_path, env=env, start_new_session=True)
 
     def wait_ready(self, timeout: float = 30.0) -> CeleryProcess:
         """Wait until the process consumes (worker) or schedules (beat) and answers discovery."""
@@ -111,7 +96,7 @@ class CeleryProcess:
             if self.process.poll() is not None:
                 break
             time.sleep(0.05)
-        raise RuntimeError(f"{self.process.args[4:6]} did not start:\n{self.output()[-4000:]}")
+        raise RuntimeError(f"{self.label} did not start:\n{self.output()[-4000:]}")
 
     def stop(self, timeout: float = 30.0) -> int:
         """Stop it as runsystem does: SIGTERM to the main process alone (a worker finishes its
@@ -133,20 +118,6 @@ class CeleryProcess:
 def celery_command(*arguments: str) -> list[str]:
     """``python -m celery --app <the project's app> ARGUMENTS``."""
     return [sys.executable, "-m", "celery", "--app", current_app.main, *arguments]
-
-
-def _environment(nats_server: NatsServer, environment: dict[str, str]) -> dict[str, str]:
-    from cliffracer_core.testing.plugin import database_url
-
-    env = dict(os.environ)
-    env.update(
-        NATS_URL=nats_server.url,
-        DATABASE_URL=database_url(),
-        PYTHONUNBUFFERED="1",
-        DJANGO_SETTINGS_MODULE=os.environ.get("DJANGO_SETTINGS_MODULE", "settings.settings"),
-    )
-    env.update(environment)
-    return env
 
 
 @pytest.fixture
@@ -180,7 +151,7 @@ def celery_worker_process(
         process = CeleryProcess(
             command,
             log_path=tmp_path / f"celery-worker-{len(started)}.log",
-            env=_environment(nats_server, environment),
+            env=child_environment(nats_server, environment),
         )
         started.append(process)
         if wait:
@@ -209,7 +180,7 @@ def celery_beat_process(
         process = CeleryProcess(
             command,
             log_path=tmp_path / f"celery-beat-{len(started)}.log",
-            env=_environment(nats_server, environment),
+            env=child_environment(nats_server, environment),
         )
         started.append(process)
         if wait:

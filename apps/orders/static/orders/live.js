@@ -357,9 +357,10 @@
 
   async function loadStock() {
     const select = $("sku");
-    const chosen = select.value;
     try {
       const reply = await call("inventory", "get_stock", { skus: [] });
+      // What is chosen now, not before the reply: the user may have picked meanwhile.
+      const chosen = select.value;
       const options = reply.data.items.map((item) => {
         const option = new Option(
           `${item.sku}: ${item.name}, ${item.price} (${item.quantity_available} available)`,
