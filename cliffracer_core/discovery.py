@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import socket
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -27,6 +28,11 @@ from nats.micro.service import (
 
 if TYPE_CHECKING:
     from cliffracer_core.service import Rpc, Service
+
+# A service or endpoint name as it may stand in a URL, a frame or a subject: one subject token,
+# never a wildcard or a separator.
+NAME_PATTERN = r"^[A-Za-z0-9_-]{1,64}$"
+NAME = re.compile(NAME_PATTERN)
 
 
 @dataclass

@@ -10,14 +10,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import re
 import time
 from typing import Any
 
 from channels.generic.websocket import AsyncWebsocketConsumer
 
 from cliffracer_core.auth.identity import Caller
-from cliffracer_core.auth.tokens import session_access_token, verifier
+from cliffracer_core.auth.tokens import SESSION_TOKEN_LIFETIME, session_access_token, verifier
 from cliffracer_core.channels import metrics, protocol
 from cliffracer_core.channels.auth import caller_from_claims, session_identity
 from cliffracer_core.channels.backlog import unsent_bytes
@@ -26,14 +25,13 @@ from cliffracer_core.channels.push import user_group
 from cliffracer_core.channels.rules import configured_rules, may, subject_error
 from cliffracer_core.client import acall, apublish
 from cliffracer_core.context import new_correlation_id
+from cliffracer_core.discovery import NAME
 from cliffracer_core.errors import NotAuthenticated, RemoteError, ServiceError
 from cliffracer_core.headers import AUTHORIZATION, CORRELATION_ID
 from cliffracer_core.settings import cliffracer_settings
 
 logger = logging.getLogger("cliffracer.websocket")
 
-# A service or method name: one subject token, never a wildcard or a separator.
-NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 # A session user's minted token is renewed this long before it expires.
 TOKEN_RENEWAL_MARGIN = 60.0
 
@@ -218,7 +216,7 @@ class EventsConsumer(AsyncWebsocketConsumer):
         now = time.time()
         if self.session_token is None or self.session_token[1] - now < TOKEN_RENEWAL_MARGIN:
             token = session_access_token(self.session_user, claims=self.session_claims)
-            lifetime = session_lifetime()
+            lifetime = SESSION_TOKEN_LIFETIME.total_seconds()
             self.session_token = (f"Bearer {token}", now + lifetime)
         return self.session_token[0]
 
@@ -413,9 +411,3 @@ class EventsConsumer(AsyncWebsocketConsumer):
         metrics.closes.labels(str(code)).inc()
         # A close frame's reason holds at most 123 bytes.
         await self.close(code=code, reason=reason.encode()[:120].decode(errors="ignore"))
-
-
-def session_lifetime() -> float:
-    from cliffracer_core.auth.tokens import SESSION_TOKEN_LIFETIME
-
-    return SESSION_TOKEN_LIFETIME.total_seconds()

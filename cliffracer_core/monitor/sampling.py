@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import re
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -22,13 +21,12 @@ from django.db.models import Q
 from django.utils import timezone
 
 from cliffracer_core.console import parse_time
-from cliffracer_core.discovery import request_all
+from cliffracer_core.discovery import NAME, request_all
 from cliffracer_core.models import EndpointMinute, ErrorRecord, InstanceSnapshot, ServiceMinute
 from cliffracer_core.monitor import histograms
 from cliffracer_core.settings import cliffracer_settings
 
 VERBS = ("PING", "INFO", "STATS")
-NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 
 
 def setting(key: str) -> Any:

@@ -7,12 +7,14 @@ from typing import Literal
 
 from pydantic import BaseModel, Field
 
+from cliffracer_core.discovery import NAME_PATTERN
+
 
 class ErrorReport(BaseModel):
     """One failed request, event or timer run; never a traceback, never a token."""
 
     # A service name as ADR-32 allows it: the console links to its page.
-    service: str = Field(pattern=r"^[A-Za-z0-9_-]{1,64}$")
+    service: str = Field(pattern=NAME_PATTERN)
     instance: str = ""
     kind: Literal["rpc", "event", "timer"]
     endpoint: str

@@ -10,7 +10,6 @@ known one that is down through ADR-32 discovery.
 from __future__ import annotations
 
 import logging
-import re
 import threading
 import time
 from typing import Any
@@ -27,7 +26,7 @@ from rest_framework_simplejwt.tokens import Token
 
 from cliffracer_core.auth.tokens import session_access_token
 from cliffracer_core.client import call, run_sync, shared_connection
-from cliffracer_core.discovery import request_all
+from cliffracer_core.discovery import NAME, request_all
 from cliffracer_core.errors import (
     BadRequest,
     NoResponders,
@@ -42,10 +41,6 @@ from cliffracer_core.rest.schema import gateway_schema
 from cliffracer_core.settings import cliffracer_settings
 
 logger = logging.getLogger("cliffracer.gateway")
-
-# What a service or method name may look like in the URL: one NATS subject token, never a
-# wildcard or a separator.
-NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 
 # How long one $SRV.INFO round gathers replies, how long its result is reused, and how long a
 # service seen once is still "known" (and so 503 when down rather than 404).

@@ -19,6 +19,7 @@ from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
 from rest_framework import serializers
 
+from cliffracer_core.discovery import NAME_PATTERN
 from cliffracer_core.settings import cliffracer_settings
 
 logger = logging.getLogger("cliffracer.gateway")
@@ -26,7 +27,6 @@ logger = logging.getLogger("cliffracer.gateway")
 # How long schema generation listens for $SRV.INFO replies.
 DISCOVERY_WINDOW = 0.3
 GATEWAY_TAG = "rpc"
-NAME_PATTERN = r"^[A-Za-z0-9_-]{1,64}$"
 
 
 class RpcErrorDetailSerializer(serializers.Serializer):
@@ -127,7 +127,8 @@ def rpc_endpoints(
 def discovered_endpoints() -> list[tuple[str, dict[str, Any]]]:
     """(service, endpoint) for every endpoint the gateway can reach, one per name."""
     from cliffracer_core.client import run_sync
-    from cliffracer_core.rest.gateway import NAME, discover_infos
+    from cliffracer_core.discovery import NAME
+    from cliffracer_core.rest.gateway import discover_infos
 
     try:
         infos = run_sync(discover_infos(DISCOVERY_WINDOW), timeout=DISCOVERY_WINDOW + 5)
