@@ -103,16 +103,20 @@ class TokenVerifier:
             raise NotAuthenticated("The access token is not valid.") from None
         if claims.get(jwt_settings.TOKEN_TYPE_CLAIM) != "access":
             raise NotAuthenticated("Only access tokens are accepted.")
-        user_id = claims.get(jwt_settings.USER_ID_CLAIM)
-        caller = Caller(
-            user_id=None if user_id is None else str(user_id),
-            username=str(claims.get("username") or ""),
-            groups=frozenset(_strings(claims.get("groups"))),
-            permissions=frozenset(_strings(claims.get("permissions"))),
-            is_superuser=claims.get("is_superuser") is True,
-            is_system=claims.get("system") is True,
-        )
+        caller = caller_from_claims(claims.get(jwt_settings.USER_ID_CLAIM), claims)
         return caller, float(claims["exp"]) + jwt_settings.LEEWAY
+
+
+def caller_from_claims(user_id: Any, claims: dict[str, Any]) -> Caller:
+    """The caller that identity claims (a token's, or ``claims_for_user``'s) describe."""
+    return Caller(
+        user_id=None if user_id is None else str(user_id),
+        username=str(claims.get("username") or ""),
+        groups=frozenset(_strings(claims.get("groups"))),
+        permissions=frozenset(_strings(claims.get("permissions"))),
+        is_superuser=claims.get("is_superuser") is True,
+        is_system=claims.get("system") is True,
+    )
 
 
 def _strings(value: Any) -> list[str]:

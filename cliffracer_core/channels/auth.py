@@ -12,7 +12,6 @@ from django.conf import settings
 from django.http.cookie import parse_cookie
 from django.http.request import validate_host
 
-from cliffracer_core.auth.identity import Caller
 from cliffracer_core.auth.tokens import claims_for_user
 
 
@@ -61,13 +60,3 @@ def _session_identity(session_key: str) -> tuple[Any, dict[str, Any]] | None:
     if not user.is_authenticated or not user.is_active:
         return None
     return user, claims_for_user(user)
-
-
-def caller_from_claims(user_id: Any, claims: dict[str, Any]) -> Caller:
-    return Caller(
-        user_id=str(user_id),
-        username=claims["username"],
-        groups=frozenset(claims["groups"]),
-        permissions=frozenset(claims["permissions"]),
-        is_superuser=claims["is_superuser"],
-    )

@@ -16,9 +16,14 @@ from typing import Any
 from channels.generic.websocket import AsyncWebsocketConsumer
 
 from cliffracer_core.auth.identity import Caller
-from cliffracer_core.auth.tokens import SESSION_TOKEN_LIFETIME, session_access_token, verifier
+from cliffracer_core.auth.tokens import (
+    SESSION_TOKEN_LIFETIME,
+    caller_from_claims,
+    session_access_token,
+    verifier,
+)
 from cliffracer_core.channels import metrics, protocol
-from cliffracer_core.channels.auth import caller_from_claims, session_identity
+from cliffracer_core.channels.auth import session_identity
 from cliffracer_core.channels.backlog import unsent_bytes
 from cliffracer_core.channels.hub import get_hub
 from cliffracer_core.channels.push import user_group
