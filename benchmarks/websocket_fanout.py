@@ -48,17 +48,15 @@ import math  # noqa: E402
 import os  # noqa: E402
 import platform  # noqa: E402
 import resource  # noqa: E402
-import select  # noqa: E402
 import shlex  # noqa: E402
-import signal  # noqa: E402
 import socket  # noqa: E402
 import statistics  # noqa: E402
-import subprocess  # noqa: E402
 import tempfile  # noqa: E402
 import time  # noqa: E402
 from dataclasses import dataclass, field  # noqa: E402
-from importlib import metadata  # noqa: E402
 from typing import Any  # noqa: E402
+
+from benchmarks import harness  # noqa: E402
 
 # Each server its own subject, so that both stay up and their steps can alternate.
 SUBJECTS = {"cliffracer": "bench.events", "relay": "bench.relay.events"}
@@ -79,7 +77,7 @@ CLIFFRACER = {  # noqa: F405
 }
 '''
 RATIO_BAR = 0.5  # Cliffracer / relay delivered frames per second at saturation: at least this
-READY = "READY"
+READY = harness.READY
 TOKEN_LIFETIME_HOURS = 6
 CONNECT_CONCURRENCY = 25  # handshakes in flight per client process
 BUCKETS_PER_SECOND = 20  # clients count arrivals in 50 ms buckets of wall-clock time
@@ -107,36 +105,12 @@ def raise_fd_limit() -> int:
     return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
 
 
-def _set_parent_death_signal() -> None:
-    """Have the kernel send SIGTERM to this process when its parent dies (Linux)."""
-    with contextlib.suppress(Exception):
-        import ctypes
-
-        PR_SET_PDEATHSIG = 1
-        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
-
-
-def _die_with_parent(parent_pid: int) -> None:
-    """Make the kernel stop this child if the orchestrator dies, even by SIGKILL (Linux)."""
-    _set_parent_death_signal()
-    if parent_pid and os.getppid() != parent_pid:  # the parent died before prctl took effect
-        sys.exit(1)
-
-
 async def _stdin_lines() -> asyncio.StreamReader:
     """This process's stdin as an asyncio stream (commands from the orchestrator)."""
     loop = asyncio.get_running_loop()
     reader = asyncio.StreamReader()
     await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
     return reader
-
-
-async def _wait_for_stop_signal() -> None:
-    loop = asyncio.get_running_loop()
-    stop = asyncio.Event()
-    for number in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(number, stop.set)
-    await stop.wait()
 
 
 def _say(line: str) -> None:
@@ -162,7 +136,7 @@ def prepare(tokens_file: Path, count: int) -> None:
     from django.core.management import call_command
     from rest_framework_simplejwt.tokens import AccessToken
 
-    from cliffracer_core.auth.tokens import claims_for_user
+    from cliffracer_core.core.auth.tokens import claims_for_user
 
     call_command("migrate", verbosity=0, interactive=False)
     user, _ = get_user_model().objects.get_or_create(username="bench-client")
@@ -207,7 +181,7 @@ async def serve_relay(port: int, nats_url: str) -> None:
     await connection.flush()
     async with serve(handler, "127.0.0.1", port, compression=None):
         _say(f"{READY} {os.getpid()}")
-        await _wait_for_stop_signal()
+        await harness.wait_for_stop_signal()
     await connection.close()
 
 
@@ -404,7 +378,7 @@ async def run_clients(args: argparse.Namespace) -> None:
 
 
 def run_child(args: argparse.Namespace) -> int:
-    _die_with_parent(args.parent_pid)
+    harness.die_with_parent(args.parent_pid)
     if args.role == "prepare":
         prepare(Path(args.tokens_file), args.connections)
     elif args.role == "relay":
@@ -420,16 +394,6 @@ def run_child(args: argparse.Namespace) -> int:
 # Measuring from outside (Linux /proc)
 
 
-def cpu_seconds(pid: int) -> float | None:
-    """User + system CPU time of a process, all threads (Linux /proc; None elsewhere)."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    fields = stat[stat.rindex(")") + 2 :].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 def rss_bytes(pid: int) -> int | None:
     """Resident memory of a process (VmRSS of /proc/PID/status)."""
     try:
@@ -439,138 +403,6 @@ def rss_bytes(pid: int) -> int | None:
     except (OSError, ValueError):
         pass
     return None
-
-
-def machine_jiffies() -> tuple[int, int] | None:
-    """(busy, total) CPU time of the whole machine so far, in clock ticks (Linux /proc)."""
-    try:
-        values = [int(value) for value in Path("/proc/stat").read_text().split()[1:9]]
-    except (OSError, ValueError):
-        return None
-    return sum(values) - values[3] - values[4], sum(values)
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-def tail(log: Path, lines: int = 30) -> str:
-    try:
-        return "\n".join(log.read_text(errors="replace").splitlines()[-lines:]) or "(no output)"
-    except OSError:
-        return "(no log)"
-
-
-# The orchestrator's children
-
-
-class Child:
-    """One process started by the orchestrator, with line-based stdin and stdout."""
-
-    def __init__(self, name: str, process: subprocess.Popen[bytes], log: Path) -> None:
-        self.name = name
-        self.process = process
-        self.log = log
-        self.buffer = b""
-
-    @property
-    def pid(self) -> int:
-        return self.process.pid
-
-    def send(self, line: str) -> None:
-        assert self.process.stdin is not None
-        try:
-            self.process.stdin.write(line.encode() + b"\n")
-            self.process.stdin.flush()
-        except OSError:
-            raise RuntimeError(f"{self.name} has exited:\n{tail(self.log)}") from None
-
-    def read_line(self, timeout: float) -> str:
-        assert self.process.stdout is not None
-        descriptor = self.process.stdout.fileno()
-        deadline = time.monotonic() + timeout
-        while b"\n" not in self.buffer:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise RuntimeError(
-                    f"{self.name} did not answer within {timeout:g} s:\n{tail(self.log)}"
-                )
-            readable, _, _ = select.select([descriptor], [], [], min(remaining, 0.5))
-            if readable:
-                chunk = os.read(descriptor, 1 << 16)
-                if not chunk:
-                    raise RuntimeError(f"{self.name} has exited:\n{tail(self.log)}")
-                self.buffer += chunk
-        line, _, self.buffer = self.buffer.partition(b"\n")
-        return line.decode()
-
-    def expect(self, prefix: str, timeout: float) -> str:
-        """The rest of the next line that starts with ``prefix`` (other lines are skipped)."""
-        deadline = time.monotonic() + timeout
-        while True:
-            line = self.read_line(max(0.01, deadline - time.monotonic()))
-            if line.startswith(prefix):
-                return line[len(prefix) :]
-
-
-class Children:
-    """Every process the orchestrator starts; all of them are stopped by ``stop_all``."""
-
-    def __init__(self, log_dir: Path, environment: dict[str, str]) -> None:
-        self.log_dir = log_dir
-        self.environment = environment
-        self.children: list[Child] = []
-        self.started = 0
-
-    def start(self, name: str, command: list[str], *, talks: bool = True) -> Child:
-        """Start ``command``; unless it ``talks`` (reads and writes lines), all goes to its log."""
-        self.started += 1
-        log = self.log_dir / f"{name}-{self.started}.log"
-        with log.open("w") as output:
-            process = subprocess.Popen(
-                command,
-                cwd=ROOT,
-                env=self.environment,
-                stdin=subprocess.PIPE if talks else subprocess.DEVNULL,
-                stdout=subprocess.PIPE if talks else output,
-                stderr=output,
-                # A terminal Ctrl-C reaches only the orchestrator, which then stops the children;
-                # and each child dies with the orchestrator, even if it is killed (Linux).
-                start_new_session=True,
-                preexec_fn=_set_parent_death_signal,
-            )
-        child = Child(name, process, log)
-        self.children.append(child)
-        return child
-
-    def start_role(self, role: str, *options: str) -> Child:
-        command = [sys.executable, str(Path(__file__).resolve()), "--role", role]
-        return self.start(role, [*command, "--parent-pid", str(os.getpid()), *options])
-
-    def stop(self, child: Child, timeout: float = 10) -> None:
-        process = child.process
-        if process.poll() is None:
-            with contextlib.suppress(OSError):
-                if process.stdin is not None:
-                    process.stdin.close()
-            process.send_signal(signal.SIGTERM)
-            try:
-                process.wait(timeout)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
-        for stream in (process.stdin, process.stdout):
-            with contextlib.suppress(OSError):
-                if stream is not None:
-                    stream.close()
-        with contextlib.suppress(ValueError):
-            self.children.remove(child)
-
-    def stop_all(self) -> None:
-        for child in reversed(list(self.children)):
-            self.stop(child)
 
 
 # Figures
@@ -702,12 +534,7 @@ def format_step(run: Run, step: Step, prefix: str = "") -> str:
 
 
 def versions() -> str:
-    def version(package: str) -> str:
-        try:
-            return metadata.version(package)
-        except metadata.PackageNotFoundError:
-            return "?"
-
+    version = harness.version
     packages = ("daphne", "Twisted", "autobahn", "channels", "Django", "websockets", "nats-py")
     return (
         f"{platform.system()} {platform.machine()}, {os.cpu_count()} CPUs; "
@@ -724,14 +551,14 @@ class Bench:
     """Measures one server at a time: start it, connect the clients, run the steps."""
 
     def __init__(
-        self, args: argparse.Namespace, children: Children, directory: Path, nats_pid: int
+        self, args: argparse.Namespace, children: harness.Children, directory: Path, nats_pid: int
     ) -> None:
         self.args = args
         self.children = children
         self.directory = directory
         self.nats_pid = nats_pid
         self.tokens_file = directory / "tokens.json"
-        self.publisher: Child | None = None
+        self.publisher: harness.Child | None = None
         self.profiles: list[tuple[str, Path]] = []
 
     def setup(self) -> None:
@@ -748,8 +575,8 @@ class Bench:
         self.publisher = self.children.start_role("publisher")
         self.publisher.expect(READY, timeout=30)
 
-    def start_server(self, server: str, repeat: int) -> tuple[Child, int]:
-        port = free_port()
+    def start_server(self, server: str, repeat: int) -> tuple[harness.Child, int]:
+        port = harness.free_port()
         profile = None
         if self.args.profile:
             profile = Path(self.args.profile).resolve() / f"{server}-{repeat + 1}.prof"
@@ -773,14 +600,14 @@ class Bench:
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             if child.process.poll() is not None:
-                raise RuntimeError(f"{child.name} exited:\n{tail(child.log)}")
+                raise RuntimeError(f"{child.name} exited:\n{harness.tail(child.log)}")
             with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 1):
                 time.sleep(0.3)  # let it finish starting after it listens
                 return child, port
             time.sleep(0.1)
-        raise RuntimeError(f"{child.name} did not listen on {port}:\n{tail(child.log)}")
+        raise RuntimeError(f"{child.name} did not listen on {port}:\n{harness.tail(child.log)}")
 
-    def start_clients(self, server: str, port: int, count: int, offset: int) -> Child:
+    def start_clients(self, server: str, port: int, count: int, offset: int) -> harness.Child:
         return self.children.start_role(
             "clients",
             "--server",
@@ -795,7 +622,7 @@ class Bench:
             str(self.tokens_file),
         )
 
-    def wait_clients(self, child: Child, count: int) -> tuple[int, int]:
+    def wait_clients(self, child: harness.Child, count: int) -> tuple[int, int]:
         words = child.expect(READY + " ", timeout=60 + 0.1 * count).split(" ", 3)
         connected, failed = int(words[1]), int(words[2])
         if failed:
@@ -803,7 +630,7 @@ class Bench:
             print(f"  {failed} of {count} sockets of a client process failed to open: {error}")
         return connected, failed
 
-    def report(self, clients: list[Child], step: int, first: int, last: int) -> list[dict]:
+    def report(self, clients: list[harness.Child], step: int, first: int, last: int) -> list[dict]:
         for child in clients:
             child.send(f"report {step} {first} {last}")
         return [json.loads(child.expect("REPORT ", timeout=30)) for child in clients]
@@ -934,26 +761,17 @@ class Bench:
         }
 
         def cpu() -> dict[str, float | None]:
-            totals: dict[str, float | None] = {}
-            for name, pids in watched.items():
-                values = [cpu_seconds(pid) for pid in pids]
-                totals[name] = None if None in values else sum(v or 0.0 for v in values)
-            return totals
+            return harness.cpu_of(watched)
 
         step = Step(number, rate, connections=served.open_sockets)
         self.publisher.send(f"step {number} {rate} {args.step_seconds} {SUBJECTS[run.server]}")
         started = float(self.publisher.expect("STARTED ", timeout=10).split()[1])
         time.sleep(max(0.0, started + SETTLE_SECONDS - time.time()))
-        cpu_before, machine_before, sampled = cpu(), machine_jiffies(), time.time()
+        cpu_before, machine_before, sampled = cpu(), harness.machine_jiffies(), time.time()
         done = json.loads(self.publisher.expect("DONE ", timeout=args.step_seconds * 3 + 30))
-        cpu_after, machine_after = cpu(), machine_jiffies()
+        cpu_after, machine_after = cpu(), harness.machine_jiffies()
         step.cpu_window = time.time() - sampled
-        step.cpu = {
-            name: None
-            if cpu_before[name] is None or cpu_after[name] is None
-            else cpu_after[name] - cpu_before[name]  # type: ignore[operator]
-            for name in watched
-        }
+        step.cpu = harness.cpu_used(cpu_before, cpu_after)
         if machine_before and machine_after:
             tick = os.sysconf("SC_CLK_TCK")
             step.machine = (
@@ -1010,9 +828,9 @@ class Served:
     """A server being measured: its process, its clients, where its steps stand."""
 
     run: Run
-    process: Child
+    process: harness.Child
     port: int
-    clients: list[Child] = field(default_factory=list)
+    clients: list[harness.Child] = field(default_factory=list)
     open_sockets: int = 0
     best: float = 0.0  # the most delivered frames/s of a step so far
     signs_in_a_row: int = 0  # steps in a row that showed signs of saturation
@@ -1137,7 +955,6 @@ def report(args: argparse.Namespace, runs: list[Run]) -> None:
         print("\nNo ratio: a server could not be measured.")
         return
     ratio = means["cliffracer"] / means["relay"]
-    verdict = "PASS" if ratio >= RATIO_BAR else "MISS"
     print()
     per_repeat = []
     for repeat in range(args.repeats):
@@ -1146,11 +963,13 @@ def report(args: argparse.Namespace, runs: list[Run]) -> None:
             top, bottom = pair["cliffracer"].saturation, pair["relay"].saturation
             if top and bottom and bottom.delivered_per_second:
                 per_repeat.append(top.delivered_per_second / bottom.delivered_per_second)
-    each = ", ".join(f"{value:.2f}" for value in per_repeat)
     print(
-        f"Cliffracer/relay delivered frames/s at saturation: {ratio:.3f} "
-        f"(bar >= {RATIO_BAR:.2f})  {verdict}"
-        + (f"   per repeat: {each}" if args.repeats > 1 else "")
+        harness.ratio_line(
+            "Cliffracer/relay delivered frames/s at saturation:",
+            ratio,
+            RATIO_BAR,
+            per_repeat=per_repeat if args.repeats > 1 else [],
+        )
     )
     for label, costs in (("at saturation", saturation_costs), ("at step 1", first_costs)):
         relay, cliffracer = costs.get("relay"), costs.get("cliffracer")
@@ -1193,14 +1012,9 @@ def print_profiles(profiles: list[tuple[str, Path]], limit: int = 25) -> None:
 
 
 def orchestrate(args: argparse.Namespace) -> int:
-    from cliffracer_core.embedded import NatsServer
+    from cliffracer_core.transports.nats.embedded import NatsServer
 
-    def on_sigterm(number: int, frame: Any) -> None:
-        raise KeyboardInterrupt
-
-    signal.signal(signal.SIGTERM, on_sigterm)
-    # Ctrl-C stops the run even when a launching shell set SIGINT to be ignored.
-    signal.signal(signal.SIGINT, signal.default_int_handler)
+    harness.stop_on_signals()
     limit = raise_fd_limit()  # inherited by every child: daphne, the relay, the clients
     print(versions())
     print(
@@ -1234,8 +1048,7 @@ def orchestrate(args: argparse.Namespace) -> int:
         (temporary / "settings").mkdir()
         (temporary / "settings" / f"{SETTINGS_MODULE}.py").write_text(SETTINGS_SOURCE)
         (temporary / "var").mkdir()
-        environment = dict(os.environ)
-        environment.update(
+        environment = harness.environment(
             DJANGO_SETTINGS_MODULE=SETTINGS_MODULE,
             PYTHONPATH=os.pathsep.join(
                 filter(None, [str(temporary / "settings"), str(ROOT), os.environ.get("PYTHONPATH")])
@@ -1243,46 +1056,42 @@ def orchestrate(args: argparse.Namespace) -> int:
             VAR_DIR=str(temporary / "var"),
             DEBUG="0",
             LOG_LEVEL=args.log_level,
-            PYTHONUNBUFFERED="1",
+            NATS_URL=nats.url,
         )
-        children = Children(temporary, environment)
-        bench: Bench | None = None
-        environment["NATS_URL"] = nats.url
-        try:
+        # daphne and the relay die with the orchestrator too, even if it is killed (Linux).
+        children = harness.Children(
+            temporary, environment, Path(__file__).resolve(), die_with_orchestrator=True
+        )
+        benches: list[Bench] = []
+
+        def measure() -> None:
             nats.start()
             assert nats.pid is not None
             bench = Bench(args, children, temporary, nats.pid)
+            benches.append(bench)
             bench.setup()
             print(f"nats-server on {nats.url} (pid {nats.pid}); {args.clients + 1} tokens minted")
             print()
             print(SUBHEADER)
             print(HEADER)
             for repeat in range(args.repeats):
-                order = servers if repeat % 2 == 0 else list(reversed(servers))
-                runs.extend(bench.measure(order, repeat))
-        except KeyboardInterrupt:
-            print("\nInterrupted; stopping every process.", file=sys.stderr)
-            return 130
-        except RuntimeError as error:
-            print(f"\nBenchmark failed: {error}", file=sys.stderr)
-            return 1
-        finally:
-            signal.signal(signal.SIGTERM, signal.SIG_IGN)
-            children.stop_all()
-            nats.stop()
-            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+                runs.extend(bench.measure(harness.alternate(servers, repeat), repeat))
+
+        status = harness.supervise(measure, children, nats)
+        if status:
+            return status
 
     if not any(run.steps for run in runs):
         print("\nNothing could be measured.", file=sys.stderr)
         return 1
     report(args, runs)
-    if bench is not None and bench.profiles:
-        print_profiles(bench.profiles)
+    if benches and benches[0].profiles:
+        print_profiles(benches[0].profiles)
     return 0
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = harness.argument_parser(__doc__)
     parser.add_argument("--clients", type=int, default=1000, help="WebSocket clients (1000)")
     parser.add_argument(
         "--client-processes", type=int, default=2, help="load processes the clients share (2)"
@@ -1318,8 +1127,6 @@ def main() -> int:
         metavar="DIR",
         help="run each server under cProfile, write DIR/<server>-<repeat>.prof, print the top",
     )
-    parser.add_argument("--role", help=argparse.SUPPRESS)
-    parser.add_argument("--parent-pid", type=int, default=0, help=argparse.SUPPRESS)
     parser.add_argument("--server", default="cliffracer", help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, default=0, help=argparse.SUPPRESS)
     parser.add_argument("--connections", type=int, default=1, help=argparse.SUPPRESS)

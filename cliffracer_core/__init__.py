@@ -8,13 +8,16 @@ The public API::
     from cliffracer_core import publish_on_commit, processed_once, get_message_id
 """
 
-from cliffracer_core.apps import ServiceAppConfig
-from cliffracer_core.client import acall, apublish, call, publish
-from cliffracer_core.context import get_correlation_id, get_subject
-from cliffracer_core.durable.idempotency import get_message_id, processed_once
-from cliffracer_core.durable.outbox import publish_on_commit
-from cliffracer_core.errors import (
+from cliffracer_core.contrib.durable.idempotency import get_message_id, processed_once
+from cliffracer_core.contrib.durable.outbox import publish_on_commit
+from cliffracer_core.core import VERSION
+from cliffracer_core.core.apps import ServiceAppConfig
+from cliffracer_core.core.client import acall, apublish, call, publish
+from cliffracer_core.core.context import get_correlation_id, get_subject
+from cliffracer_core.core.errors import (
     BadRequest,
+    BulkheadFull,
+    CircuitOpen,
     Conflict,
     Forbidden,
     NoResponders,
@@ -28,12 +31,14 @@ from cliffracer_core.errors import (
     Unavailable,
     ValidationFailed,
 )
-from cliffracer_core.service import Service, event, rpc, timer
+from cliffracer_core.core.service import Service, event, rpc, timer
 
-__version__ = "0.1.0"
+__version__ = VERSION
 
 __all__ = [
     "BadRequest",
+    "BulkheadFull",
+    "CircuitOpen",
     "Conflict",
     "Forbidden",
     "NoResponders",

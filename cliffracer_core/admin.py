@@ -2,8 +2,9 @@
 
 ``ServicesConsole`` has no table; registering it puts "Services" under "Cliffracer" on the
 admin index (and in the admin's sidebar) for users with ``view_services``, and its list is a
-redirect to the console at ``/admin/services/`` (``cliffracer_core.operations``). That is the
-admin's own way of listing a page, with no custom AdminSite and no template override.
+redirect to the console at ``/admin/services/`` (``cliffracer_core.contrib.operations``).
+That is the admin's own way of listing a page, with no custom AdminSite and no template
+override.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from django.http import HttpRequest, HttpResponse
 from django.shortcuts import redirect
 from django.urls import URLPattern, path
 
-from cliffracer_core.models import ServicesConsole
+from cliffracer_core.contrib.operations.models import ServicesConsole
 
 
 @admin.register(ServicesConsole)

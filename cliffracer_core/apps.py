@@ -1,13 +1,13 @@
-"""App configs: Cliffracer's own, and ``ServiceAppConfig`` that marks an app as a service app."""
+"""Cliffracer's own app config; ``ServiceAppConfig`` (``cliffracer_core.core.apps``) marks an
+app as a service app."""
 
 from __future__ import annotations
 
-from importlib import import_module
-from importlib.util import find_spec
+from django.apps import AppConfig
 
-from django.apps import AppConfig, apps
+from cliffracer_core.core.apps import ServiceAppConfig, service_app_configs
 
-from cliffracer_core.service import Service
+__all__ = ["CliffracerCoreConfig", "ServiceAppConfig", "service_app_configs"]
 
 
 class CliffracerCoreConfig(AppConfig):
@@ -16,56 +16,22 @@ class CliffracerCoreConfig(AppConfig):
     default_auto_field = "django.db.models.BigAutoField"
 
     def ready(self) -> None:
-        from cliffracer_core import checks  # noqa: F401  (registers the system checks)
-        from cliffracer_core.channels import checks as channels_checks  # noqa: F401
-        from cliffracer_core.jobs import connect_signals
+        from django.contrib.auth import get_user_model
+        from django.db.models.signals import post_delete, post_save
+
+        # Each integration's checks run whether or not its app is installed: a service that
+        # needs one that is missing is itself a configuration error.
+        from cliffracer_core.contrib.channels import checks as channels_checks  # noqa: F401
+        from cliffracer_core.contrib.durable import checks as durable_checks  # noqa: F401
+        from cliffracer_core.contrib.jobs import connect_signals
+        from cliffracer_core.contrib.metrics import checks as metrics_checks  # noqa: F401
+        from cliffracer_core.core import checks  # noqa: F401  (registers the system checks)
+        from cliffracer_core.core.auth.signals import user_deleted, user_saved
 
         # Celery tasks carry correlation ids and act as the system identity (docs/celery.md).
         connect_signals()
-
-
-class ServiceAppConfig(AppConfig):
-    """An app whose ``service.py`` declares one ``Service``; ``runservice <label>`` runs it."""
-
-    default_auto_field = "django.db.models.BigAutoField"
-    service_module = "service"
-    service_class: type[Service] | None = None
-    # Django picks the one AppConfig of an apps.py whose ``default`` is true; this base class,
-    # imported into every service app's apps.py, must not count as a candidate, its subclasses
-    # must.
-    default = False
-
-    def __init_subclass__(cls, **kwargs: object) -> None:
-        super().__init_subclass__(**kwargs)
-        if "default" not in cls.__dict__:
-            cls.default = True
-
-    def ready(self) -> None:
-        # Registration only (as admin.autodiscover does): import service.py and remember its
-        # Service class. Safe to run twice; no network, no database.
-        self.service_class = self.find_service_class()
-
-    def find_service_class(self) -> type[Service] | None:
-        module_name = f"{self.name}.{self.service_module}"
-        if find_spec(module_name) is None:
-            return None
-        module = import_module(module_name)
-        found = [
-            value
-            for value in vars(module).values()
-            if isinstance(value, type)
-            and issubclass(value, Service)
-            and value is not Service
-            and value.__module__ == module_name
-        ]
-        if len(found) != 1:
-            return None
-        service_class = found[0]
-        if service_class.app_label is None:
-            service_class.app_label = self.label
-        return service_class
-
-
-def service_app_configs() -> list[ServiceAppConfig]:
-    """Every installed service app, in INSTALLED_APPS order."""
-    return [config for config in apps.get_app_configs() if isinstance(config, ServiceAppConfig)]
+        # Every process stops trusting a deleted or deactivated user's tokens at once
+        # (cliffracer_core/core/auth/users.py).
+        user_model = get_user_model()
+        post_save.connect(user_saved, sender=user_model, dispatch_uid="cliffracer_user_saved")
+        post_delete.connect(user_deleted, sender=user_model, dispatch_uid="cliffracer_user_deleted")

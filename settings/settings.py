@@ -2,7 +2,8 @@
 
 Defaults suit a fresh machine (`make run`): SQLite and NATS data under var/, DEBUG on.
 Deployments override them with environment variables: SECRET_KEY, DEBUG, ALLOWED_HOSTS,
-DATABASE_URL, NATS_URL, CELERY_BROKER_URL, EMAIL_HOST (and the other EMAIL_*), LOG_LEVEL.
+CSRF_TRUSTED_ORIGINS, DATABASE_URL, NATS_URL, CELERY_BROKER_URL, EMAIL_HOST (and the other
+EMAIL_*), LOG_LEVEL.
 """
 
 import os
@@ -13,9 +14,9 @@ import dj_database_url
 from django.core.exceptions import ImproperlyConfigured
 from django.core.management.utils import get_random_secret_key
 
-from cliffracer_core.auth.keys import load_keys
-from cliffracer_core.files import write_once
-from cliffracer_core.jobs.broker import broker_transport_options
+from cliffracer_core.contrib.jobs.broker import broker_transport_options
+from cliffracer_core.core.auth.keys import load_keys
+from cliffracer_core.core.files import write_once
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 # Local state (SQLite, NATS data, logs, the generated secret key); VAR_DIR moves it.
@@ -62,6 +63,9 @@ def discover_apps(directory: Path) -> list[str]:
 SECRET_KEY = os.environ.get("SECRET_KEY") or local_secret_key(VAR_DIR / "secret_key")
 DEBUG = env_bool("DEBUG", default=True)
 ALLOWED_HOSTS = env_list("ALLOWED_HOSTS", default=["127.0.0.1", "localhost", "testserver"])
+# The site's origins as browsers see them behind a TLS proxy ("https://shop.example"): Django's
+# CSRF check and the WebSocket's session-cookie check trust them (docs/websocket.md).
+CSRF_TRUSTED_ORIGINS = env_list("CSRF_TRUSTED_ORIGINS", default=[])
 
 INSTALLED_APPS = [
     "daphne",
@@ -82,9 +86,9 @@ INSTALLED_APPS = [
     "django_celery_beat",
     "cliffracer_core",
     # The monitor behind the operations console in the admin (docs/console.md).
-    "cliffracer_core.monitor",
+    "cliffracer_core.contrib.monitor",
     # Durable events: dead letters, processed messages, the outbox (docs/durable.md).
-    "cliffracer_core.durable",
+    "cliffracer_core.contrib.durable",
     # Every service app: adding a service is adding a folder under apps/.
     *discover_apps(BASE_DIR / "apps"),
 ]
@@ -92,7 +96,9 @@ INSTALLED_APPS = [
 MIDDLEWARE = [
     # First and last, as django-prometheus asks: they time everything in between.
     "django_prometheus.middleware.PrometheusBeforeMiddleware",
-    "cliffracer_core.middleware.CorrelationIdMiddleware",
+    "cliffracer_core.contrib.rest.middleware.CorrelationIdMiddleware",
+    # Before anything reads a body: one of unknown length or over the limit is refused.
+    "cliffracer_core.contrib.rest.middleware.RequestBodyMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
@@ -137,7 +143,7 @@ def channel_layers(url: str) -> dict[str, dict]:
         return {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
     if url:
         raise ImproperlyConfigured(f"CHANNEL_LAYER_URL {url!r}: use redis://... or memory://.")
-    return {"default": {"BACKEND": "cliffracer_core.channels.layers.NatsChannelLayer"}}
+    return {"default": {"BACKEND": "cliffracer_core.contrib.channels.layers.NatsChannelLayer"}}
 
 
 # Channels' layer: NATS by default, so no extra server and any number of web processes
@@ -193,7 +199,7 @@ STATIC_ROOT = VAR_DIR / "static"
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 # Access tokens: RS256, so that services verify with the public key alone (see
-# cliffracer_core/auth/keys.py for where the keys come from).
+# cliffracer_core/core/auth/keys.py for where the keys come from).
 JWT_PRIVATE_KEY, JWT_PUBLIC_KEY = load_keys(VAR_DIR)
 
 SIMPLE_JWT = {
@@ -205,7 +211,7 @@ SIMPLE_JWT = {
     "REFRESH_TOKEN_LIFETIME": timedelta(days=int(os.environ.get("JWT_REFRESH_DAYS", "1"))),
     "LEEWAY": 5,
     "UPDATE_LAST_LOGIN": False,
-    "TOKEN_OBTAIN_SERIALIZER": "cliffracer_core.rest.auth.TokenObtainPairSerializer",
+    "TOKEN_OBTAIN_SERIALIZER": "cliffracer_core.contrib.rest.auth.TokenObtainPairSerializer",
 }
 
 REST_FRAMEWORK = {
@@ -216,11 +222,11 @@ REST_FRAMEWORK = {
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
     "DEFAULT_FILTER_BACKENDS": ["django_filters.rest_framework.DjangoFilterBackend"],
-    "DEFAULT_PAGINATION_CLASS": "cliffracer_core.rest.lists.LimitOffsetPagination",
+    "DEFAULT_PAGINATION_CLASS": "cliffracer_core.contrib.rest.lists.LimitOffsetPagination",
     "PAGE_SIZE": 50,
     "DEFAULT_THROTTLE_RATES": {"auth": os.environ.get("AUTH_THROTTLE_RATE", "20/minute")},
     # Errors never carry tracebacks; the handler also maps RemoteError to HTTP.
-    "EXCEPTION_HANDLER": "cliffracer_core.rest.errors.exception_handler",
+    "EXCEPTION_HANDLER": "cliffracer_core.contrib.rest.errors.exception_handler",
 }
 
 SPECTACULAR_SETTINGS = {
@@ -236,15 +242,16 @@ SPECTACULAR_SETTINGS = {
     # A path per running RPC endpoint, with its models, from $SRV.INFO (see docs/gateway.md).
     "POSTPROCESSING_HOOKS": [
         "drf_spectacular.hooks.postprocess_schema_enums",
-        "cliffracer_core.rest.schema.rpc_endpoints",
+        "cliffracer_core.contrib.rest.schema.rpc_endpoints",
     ],
 }
 
 CLIFFRACER = {
     "NATS_URL": os.environ.get("NATS_URL", "nats://127.0.0.1:4222"),
-    # What scripts, commands, timers and tasks may do (docs/rest.md): reserve and release
-    # stock and read everything for the order flow, and place orders for any customer (the
-    # shell demo of docs/example.md). Not a superuser: nothing else.
+    # What services (as_system=True calls), scripts, commands, timers and tasks may do
+    # (docs/rest.md): reserve and release stock and read payments for the order flow, read
+    # everything, and place orders for any customer (the shell demo of docs/example.md). Not
+    # a superuser: nothing else.
     "SYSTEM_IDENTITY": {
         "username": "system",
         "permissions": [
@@ -255,6 +262,7 @@ CLIFFRACER = {
             "inventory.view_stockitem",
             "inventory.reserve_stock",
             "inventory.release_stock",
+            "payments.view_payment",
             "notifications.view_notification",
             "notifications.view_all_notifications",
         ],
@@ -264,7 +272,7 @@ CLIFFRACER = {
 
 # Celery (docs/celery.md): `make run` starts a worker and beat. The embedded broker needs no
 # server: its queues are files under VAR_DIR/celery, shared by the processes of one host
-# (cliffracer_core/jobs/broker.py). Production sets CELERY_BROKER_URL=redis://host:6379/0 or
+# (cliffracer_core/contrib/jobs/broker.py). Production sets CELERY_BROKER_URL=redis://host:6379/0 or
 # amqp://user:password@host:5672//.
 CELERY_BROKER_URL = os.environ.get("CELERY_BROKER_URL") or "filesystem://localhost/"
 CELERY_BROKER_TRANSPORT_OPTIONS = broker_transport_options(CELERY_BROKER_URL, VAR_DIR / "celery")
@@ -315,15 +323,15 @@ LOGGING = {
     "disable_existing_loggers": False,
     "filters": {
         # Adds service, instance, endpoint and correlation id to every record.
-        "context": {"()": "cliffracer_core.log.ContextFilter"},
+        "context": {"()": "cliffracer_core.core.log.ContextFilter"},
     },
     "formatters": {
-        "console": {"()": "cliffracer_core.log.ConsoleFormatter"},
-        "json": {"()": "cliffracer_core.log.JsonFormatter"},
+        "console": {"()": "cliffracer_core.core.log.ConsoleFormatter"},
+        "json": {"()": "cliffracer_core.core.log.JsonFormatter"},
     },
     "handlers": {
         "console": {
-            "class": "logging.StreamHandler",
+            "class": "cliffracer_core.core.log.StreamHandler",
             "formatter": "json" if LOG_FORMAT == "json" else "console",
             "filters": ["context"],
         },

@@ -8,7 +8,7 @@ from typing import Any
 from celery import shared_task
 
 from cliffracer_core import call, get_correlation_id, publish
-from cliffracer_core.auth.identity import get_caller
+from cliffracer_core.core.auth.identity import get_caller
 
 logger = logging.getLogger(__name__)
 

@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import asyncio
+import json
+import threading
 import time
 from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
+import nats
+
 from cliffracer_core import Conflict, Service, event, rpc, timer
-from cliffracer_core.client import shared_connection
-from cliffracer_core.monitor import sampling
-from cliffracer_core.monitor.service import MonitorService
+from cliffracer_core.contrib.monitor import sampling
+from cliffracer_core.contrib.monitor.service import MonitorService
+from cliffracer_core.core.client import shared_transport
 from cliffracer_core.testing.plugin import run_async
 from tests.models import Add, Happened, Total
 
@@ -72,7 +77,7 @@ def sample(*, now: datetime | None = None, window: float = 0.3) -> int:
     """One round of the monitor's sampling, from this thread (discovery, then the database)."""
 
     async def discover() -> list[sampling.InstanceReport]:
-        return await sampling.discover(await shared_connection(), window=window)
+        return await sampling.discover(await shared_transport(), window=window)
 
     return sampling.record(run_async(discover()), now=now)
 
@@ -84,3 +89,56 @@ def wait_until(condition: Callable[[], Any], timeout: float = 10.0) -> Any:
             return result
         time.sleep(0.05)
     return condition()
+
+
+class FakeService:
+    """A plain nats-py client that answers ``$SRV.PING``, ``INFO`` and ``STATS`` (for all, by
+    name and by id) with whatever JSON it is given: a service written by someone else.
+
+    ``replies`` maps each verb to the body sent: a value (encoded as JSON, NaN and Infinity
+    allowed) or bytes sent as they are. Change it at any time; the next request gets it.
+    """
+
+    def __init__(self, nats_url: str, name: str, instance_id: str) -> None:
+        self.nats_url = nats_url
+        self.name = name
+        self.id = instance_id
+        identity = {"name": name, "id": instance_id, "version": "1.0.0"}
+        self.replies: dict[str, Any] = {
+            "PING": {**identity, "type": "io.nats.micro.v1.ping_response"},
+            "INFO": {**identity, "type": "io.nats.micro.v1.info_response", "endpoints": []},
+            "STATS": {**identity, "type": "io.nats.micro.v1.stats_response", "endpoints": []},
+        }
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.connection: Any = None
+
+    def body(self, verb: str) -> bytes:
+        reply = self.replies[verb]
+        return reply if isinstance(reply, bytes) else json.dumps(reply).encode()
+
+    def start(self) -> FakeService:
+        async def subscribe() -> None:
+            self.connection = await nats.connect(self.nats_url)
+            for verb in ("PING", "INFO", "STATS"):
+
+                async def answer(message: Any, verb: str = verb) -> None:
+                    await message.respond(self.body(verb))
+
+                for subject in (
+                    f"$SRV.{verb}",
+                    f"$SRV.{verb}.{self.name}",
+                    f"$SRV.{verb}.{self.name}.{self.id}",
+                ):
+                    await self.connection.subscribe(subject, cb=answer)
+            await self.connection.flush()
+
+        self.thread.start()
+        asyncio.run_coroutine_threadsafe(subscribe(), self.loop).result(10)
+        return self
+
+    def stop(self) -> None:
+        if self.connection is not None:
+            asyncio.run_coroutine_threadsafe(self.connection.close(), self.loop).result(10)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(10)

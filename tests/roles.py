@@ -8,10 +8,10 @@ on the models as those migrations see them.
 
 from __future__ import annotations
 
-from importlib import import_module
 from types import SimpleNamespace
 
 from django.db import connection
+from django.db.migrations import RunPython
 from django.db.migrations.loader import MigrationLoader
 
 ROLE_MIGRATIONS = (
@@ -20,14 +20,17 @@ ROLE_MIGRATIONS = (
     ("payments", "0002_roles"),
     ("notifications", "0003_roles"),
     ("orders", "0006_console_roles"),
+    ("inventory", "0005_customers_reserve_nothing"),
 )
 
 
 def restore_roles() -> None:
-    """Create the roles again, with their permissions, as the migrations did."""
+    """Create the roles again, with their permissions, as the migrations did: each role
+    migration's RunPython code, forwards, in order."""
     loader = MigrationLoader(connection)
     editor = SimpleNamespace(connection=connection)
     for app_label, name in ROLE_MIGRATIONS:
         state = loader.project_state((app_label, name), at_end=True)
-        module = import_module(type(loader.graph.nodes[(app_label, name)]).__module__)
-        module.grant_roles(state.apps, editor)
+        for operation in loader.graph.nodes[(app_label, name)].operations:
+            if isinstance(operation, RunPython):
+                operation.code(state.apps, editor)

@@ -20,10 +20,17 @@ from cliffracer_core import (
     rpc,
     timer,
 )
-from cliffracer_core.auth.identity import get_caller
-from cliffracer_core.auth.tokens import claims_for_user, jwt_settings, system_identity, verifier
-from cliffracer_core.errors import NotAuthenticatedError
-from cliffracer_core.middleware import CorrelationIdMiddleware
+from cliffracer_core.contrib.monitor.records import errors_subject
+from cliffracer_core.contrib.rest.middleware import CorrelationIdMiddleware
+from cliffracer_core.core.auth.identity import get_caller
+from cliffracer_core.core.auth.tokens import (
+    claims_for_user,
+    jwt_settings,
+    system_identity,
+    verifier,
+)
+from cliffracer_core.core.errors import NotAuthenticatedError
+from cliffracer_core.testing import wait_for
 from cliffracer_core.testing.plugin import project_root, run_async
 from tests.models import Add, Happened, Tagged, Total, Wait
 
@@ -99,7 +106,7 @@ def make_service(service_name: str) -> type[Service]:
 
 
 @pytest.fixture
-def users(db):
+def users(transactional_db):
     viewer = User.objects.create_user("viewer", password="x")
     viewer.user_permissions.add(Permission.objects.get(codename="view_user"))
     plain = User.objects.create_user("plain", password="x")
@@ -147,6 +154,37 @@ def test_permissions_decide_403_or_success(guarded, users):
     call(f"{name}.doubly_guarded", {"a": 1, "b": 2}, headers=bearer(users["groupie"]))
     call(f"{name}.doubly_guarded", {"a": 1, "b": 2}, headers=bearer(users["boss"]))
     assert running.service.ran == 3
+
+
+def test_a_refusal_names_no_user_in_the_reply_stats_or_error_records(
+    nats_server, guarded, django_user_model
+):
+    # $SRV.STATS and the error records are readable by every NATS client: who was refused is
+    # nobody else's business.
+    name, _ = guarded
+    headers = bearer(django_user_model.objects.create_user("plainstaff", password="x"))
+
+    async def refused_then_stats():
+        connection = await nats.connect(nats_server.url)
+        try:
+            records = await connection.subscribe(errors_subject(name))
+            reply = await connection.request(
+                f"rpc.{name}.guarded", b'{"a": 1, "b": 2}', timeout=5, headers=headers
+            )
+            record = await records.next_msg(timeout=5)
+            answer = await connection.request(f"$SRV.STATS.{name}", b"", timeout=5)
+            stats = [json.loads(answer.data)]
+        finally:
+            await connection.close()
+        return reply, record, stats
+
+    reply, record, [stats] = run_async(refused_then_stats())
+    assert reply.headers["Nats-Service-Error-Code"] == "403"
+    [endpoint] = [e for e in stats["endpoints"] if e["name"] == "guarded"]
+    assert endpoint["last_error"] == f"403:The caller may not call {name}.guarded."
+    for text in (reply.headers["Nats-Service-Error"], reply.data, record.data):
+        assert "plainstaff" not in str(text)
+    assert "plainstaff" not in json.dumps(stats)
 
 
 def test_the_handler_sees_the_caller_and_calls_carry_it_onward(guarded, users):
@@ -270,3 +308,53 @@ def test_issue_system_token_prints_a_working_token(guarded):
     seen = call(f"{name}.whoami", {"tag": 1}, headers={"Authorization": f"Bearer {token}"})
     assert seen["is_system"] is True
     assert jwt_settings.ALGORITHM == "RS256"
+
+
+@pytest.mark.parametrize("change", ["delete", "deactivate"])
+def test_a_gone_users_token_is_refused_at_once(guarded, users, change):
+    name, running = guarded
+    header = bearer(users["viewer"])
+    assert call(f"{name}.guarded", {"a": 1, "b": 2}, headers=header) == {"total": 3}
+    # Saved in the admin, a shell, anywhere: announced on commit, and every service forgets.
+    if change == "delete":
+        users["viewer"].delete()
+    else:
+        users["viewer"].is_active = False
+        users["viewer"].save()
+    expected = "user_not_found" if change == "delete" else "user_inactive"
+
+    def refused() -> bool:
+        try:
+            call(f"{name}.guarded", {"a": 1, "b": 2}, headers=header)
+        except NotAuthenticatedError as error:
+            return error.type == expected
+        return False
+
+    wait_for(refused, timeout=5, what=f"the token of a {change}d user to be refused")
+
+
+def test_an_unannounced_change_counts_within_the_check_interval(guarded, users, settings):
+    name, running = guarded
+    header = bearer(users["viewer"])
+    settings.CLIFFRACER = {**settings.CLIFFRACER, "USER_CHECK_INTERVAL": 0.5}
+    assert call(f"{name}.guarded", {"a": 1, "b": 2}, headers=header) == {"total": 3}
+    # An UPDATE sends no signal, so nobody announces it: the answer read before expires.
+    User.objects.filter(pk=users["viewer"].pk).update(is_active=False)
+
+    def refused() -> bool:
+        try:
+            call(f"{name}.guarded", {"a": 1, "b": 2}, headers=header)
+        except NotAuthenticatedError:
+            return True
+        return False
+
+    wait_for(refused, timeout=5, what="the check interval to pass")
+
+
+def test_a_gone_users_events_are_refused(guarded, users):
+    name, running = guarded
+    header = bearer(users["plain"])
+    users["plain"].delete()
+    publish(f"{name}.happened", Happened(what="ghost"), headers=header)
+    wait_for(lambda: running.runner.metrics.events["on_happened"]["refused"] == 1)
+    assert running.service.events == []

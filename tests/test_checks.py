@@ -3,8 +3,9 @@
 from django.core.checks import run_checks
 from django.test import override_settings
 
-from cliffracer_core.checks import check_services, check_settings
-from cliffracer_core.settings import cliffracer_settings
+from cliffracer_core.core.checks import check_services, check_settings
+from cliffracer_core.core.settings import cliffracer_settings
+from cliffracer_core.core.streams import stream_problems
 
 
 def ids(errors) -> list[str]:
@@ -48,3 +49,72 @@ def test_bad_settings_are_reported_with_ids(monkeypatch):
             "cliffracer.E004",
             "cliffracer.W001",
         ]
+
+
+def test_names_with_a_trailing_newline_are_reported(monkeypatch):
+    # "$" matches before a final newline; these checks look at the whole value.
+    monkeypatch.delenv("NATS_URL", raising=False)
+    with override_settings(CLIFFRACER={"RPC_SUBJECT_PREFIX": "rpc\n"}):
+        assert ids(check_settings()) == ["cliffracer.E004"]
+    assert stream_problems("ORDERS\n", {"subjects": ["orders.>"]})
+
+
+def test_the_hardening_settings_are_checked(monkeypatch):
+    monkeypatch.delenv("NATS_URL", raising=False)
+    bad = {
+        "MAX_HEADER_BYTES": 0,
+        "MAX_WAITING_REQUESTS": "many",
+        "MAX_WAITING_BYTES": True,
+        "USER_CHECK_INTERVAL": 0,
+        "DEFAULT_EVENT_ACCESS": "anyone",
+    }
+    with override_settings(CLIFFRACER=bad):
+        assert ids(check_settings()) == [
+            "cliffracer.E002",
+            "cliffracer.E002",
+            "cliffracer.E002",
+            "cliffracer.E003",
+            "cliffracer.E005",
+        ]
+    with override_settings(CLIFFRACER={"MAX_WAITING_REQUESTS": None}):
+        assert check_settings() == []
+    assert not stream_problems("ORDERS", {"subjects": ["orders.>"]})
+
+
+def test_a_transport_without_a_feature_a_service_needs_is_reported(settings):
+    from cliffracer_core.core.checks import _feature_errors
+    from cliffracer_core.core.service import Service, event
+    from cliffracer_core.transports.base import Features
+
+    class Plain(Features):
+        queue_groups = True
+
+    class Listener(Service):
+        name = "listener"
+
+        @event("orders.*", durable=True)
+        def on_order(self) -> None: ...
+
+    from cliffracer_core.transports.nats import NatsTransport
+
+    original = NatsTransport.features
+    NatsTransport.features = Plain()
+    try:
+        errors = _feature_errors("listener", Listener)
+    finally:
+        NatsTransport.features = original
+    assert {error.id for error in errors} == {"cliffracer.E006"}
+    assert sorted(error.msg.split("'")[1] for error in errors) == ["durable", "wildcards"]
+    assert "on_order is a durable handler" in " ".join(error.msg for error in errors)
+
+
+def test_a_transport_that_cannot_be_loaded_is_reported(monkeypatch):
+    from cliffracer_core.core.checks import check_transport
+
+    monkeypatch.setenv("CLIFFRACER_TRANSPORT_URL", "carrier-pigeon://loft")
+    assert ids(check_transport()) == ["cliffracer.E007"]
+    monkeypatch.delenv("CLIFFRACER_TRANSPORT_URL")
+    with override_settings(CLIFFRACER={"TRANSPORT": {"HOST": "x"}}):
+        assert ids(check_transport()) == ["cliffracer.E007"]
+    with override_settings(CLIFFRACER={"TRANSPORT": {"LOCATION": "memory://"}}):
+        assert check_transport() == []

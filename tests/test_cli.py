@@ -15,6 +15,7 @@ import pytest
 from pydantic import BaseModel
 
 from cliffracer_core import NotFound, RemoteError, Service, call, event, get_correlation_id, rpc
+from cliffracer_core.dev.running_system import write_record
 from cliffracer_core.testing.plugin import project_root
 
 CORRELATION_ID = re.compile(r"^correlation id: (\S+)$", re.MULTILINE)
@@ -422,3 +423,101 @@ def test_shell_has_services_call_and_publish(tools, received):
     assert f"<service {name}: echo, find, sleep, whoami>" in lines
     # Published just before the process exited, and still delivered.
     wait_for(lambda: [n for n, _ in received] == [5])
+
+
+# Finding the NATS server of `runsystem` (var/runsystem.json)
+
+
+def manage_elsewhere(var_dir: Path, *arguments: str, **environment: str):
+    """``manage.py`` in a second terminal: ``VAR_DIR`` as given, ``NATS_URL`` unset unless
+    given, and the test's signing key, so that the services accept the calls it makes."""
+    from django.conf import settings
+
+    env = dict(os.environ, DJANGO_SETTINGS_MODULE="settings.settings", VAR_DIR=str(var_dir))
+    env.pop("NATS_URL", None)
+    env.pop("CLIFFRACER_TRANSPORT_URL", None)
+    env.update(JWT_PRIVATE_KEY=settings.JWT_PRIVATE_KEY, **environment)
+    return subprocess.run(
+        [sys.executable, "manage.py", *arguments],
+        cwd=project_root(),
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+@pytest.fixture
+def var_dir(tmp_path, settings) -> Path:
+    """A ``VAR_DIR`` of the test's own, for this process and the tools it starts."""
+    settings.VAR_DIR = tmp_path / "var"
+    return settings.VAR_DIR
+
+
+def write_stale_record(var_dir: Path, url: str) -> None:
+    ended = subprocess.Popen(["true"])
+    ended.wait()
+    var_dir.mkdir(parents=True, exist_ok=True)
+    (var_dir / "runsystem.json").write_text(
+        json.dumps({"url": url, "pid": ended.pid, "started": "2026-01-01T00:00:00Z"})
+    )
+
+
+def test_the_tools_use_the_recorded_nats_server_when_nats_url_is_not_set(
+    tools, nats_server, var_dir
+):
+    name, _ = tools
+    write_record(nats_server.url)  # as runsystem does, from a process that runs
+    used = f"Using {nats_server.url}: NATS_URL is not set, and `runsystem` (pid {os.getpid()})"
+
+    called = manage_elsewhere(var_dir, "call", f"{name}.echo", '{"text": "found"}')
+    assert called.returncode == 0, called.stderr
+    assert json.loads(called.stdout) == {"text": "found"}
+    assert used in called.stderr and str(var_dir / "runsystem.json") in called.stderr
+
+    listed = manage_elsewhere(var_dir, "services")
+    assert listed.returncode == 0, listed.stderr
+    assert used in listed.stderr
+    assert f"on {nats_server.url}" in listed.stdout
+    assert service_block(listed.stdout, name)
+
+    shell = manage_elsewhere(var_dir, "shell", "-c", f"print(call('{name}.echo', {{'text': 's'}}))")
+    assert shell.returncode == 0, shell.stderr
+    assert used in shell.stderr
+    assert "{'text': 's'}" in shell.stdout.splitlines()
+
+
+def test_nats_url_wins_over_the_record(tools, nats_server, var_dir):
+    name, _ = tools
+    write_record("nats://127.0.0.1:1")  # nothing answers there
+    result = manage_elsewhere(
+        var_dir, "call", f"{name}.echo", '{"text": "env"}', NATS_URL=nats_server.url
+    )
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout) == {"text": "env"}
+    assert "Using" not in result.stderr
+
+
+def test_a_record_whose_runsystem_is_gone_is_ignored(nats_server, var_dir):
+    write_stale_record(var_dir, nats_server.url)
+    result = manage_elsewhere(var_dir, "services", "--wait", "0.2")
+    assert "Using" not in result.stderr
+    # The configured default, whatever answers there (or nothing) on this machine.
+    assert "nats://127.0.0.1:4222" in result.stdout + result.stderr
+    assert nats_server.url not in result.stdout + result.stderr
+
+
+def test_a_service_started_by_hand_joins_the_recorded_nats_server(
+    runservice_process, nats_server, var_dir
+):
+    # NATS_URL empty, as unset in a second terminal; the record points at the suite's server.
+    write_record(nats_server.url)
+    process = runservice_process(
+        "testservice", DJANGO_SETTINGS_MODULE="tests.settings", NATS_URL="", VAR_DIR=str(var_dir)
+    )
+    used = f"Using {nats_server.url}: NATS_URL is not set, and `runsystem` (pid {os.getpid()})"
+    assert used in process.output()
+    assert f"on {nats_server.url}" in process.output()
+    listed = manage_elsewhere(var_dir, "services")
+    assert listed.returncode == 0, listed.stderr
+    assert service_block(listed.stdout, "testservice")

@@ -6,10 +6,10 @@ import threading
 import pytest
 
 from cliffracer_core import RpcTimeout, Service, acall, call, rpc
-from cliffracer_core import client as client_module
-from cliffracer_core.client import SynchronousCallError, background_loop, rpc_subject
-from cliffracer_core.connection import _connections
+from cliffracer_core.core import client as client_module
+from cliffracer_core.core.client import SynchronousCallError, background_loop, rpc_subject
 from cliffracer_core.testing.plugin import run_async
+from cliffracer_core.transports import _transports
 from tests.models import Add, Total, Wait
 
 
@@ -56,9 +56,9 @@ def test_sync_client_from_plain_threads_shares_one_connection(adder):
     assert len(results) == 200
     assert all(total == key for key, total in results.items())
     loop = background_loop.get_loop()
-    connection = _connections[loop]
+    connection = _transports[loop]
     call(f"{adder}.add", {"a": 0, "b": 0})
-    assert _connections[loop] is connection
+    assert _transports[loop] is connection
     # One connection for the whole process's sync calls, not one per call or thread.
     assert [t.name for t in threading.enumerate()].count("cliffracer-client") == 1
 
@@ -86,8 +86,8 @@ def test_call_target_must_name_service_and_method():
 
 
 def test_nats_down_is_a_quick_clear_error(monkeypatch, settings):
-    from cliffracer_core.embedded import free_port
-    from cliffracer_core.errors import RemoteUnavailable
+    from cliffracer_core.core.errors import RemoteUnavailable
+    from cliffracer_core.transports.nats.embedded import free_port
 
     monkeypatch.setenv("NATS_URL", f"nats://127.0.0.1:{free_port('127.0.0.1')}")
     settings.CLIFFRACER = {}  # reloads the lazy settings with the new NATS_URL
@@ -98,12 +98,12 @@ def test_nats_down_is_a_quick_clear_error(monkeypatch, settings):
         return raised.value
 
     error = run_async(attempt())
-    assert error.code == 503 and error.type == "nats_unavailable"
+    assert error.code == 503 and error.type == "transport_unavailable"
     assert "is not reachable" in error.message
 
 
 def test_clean_header_values_skip_only_work_that_is_not_needed():
-    from cliffracer_core.headers import CleanHeaderValue, clean_header_value
+    from cliffracer_core.core.headers import CleanHeaderValue, clean_header_value
 
     token = "Bearer abc.def.ghi"
     clean = clean_header_value(token)

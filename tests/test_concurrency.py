@@ -4,6 +4,7 @@ import asyncio
 import threading
 
 import pytest
+from django.test import override_settings
 
 from cliffracer_core import RemoteError, Service, acall, rpc
 from cliffracer_core.testing.plugin import run_async
@@ -96,7 +97,32 @@ def test_concurrency_is_bounded(start_service, unique_name):
 
 @pytest.mark.parametrize("concurrency", [1, 3])
 def test_runner_rejects_nothing_it_cannot_run_yet(start_service, unique_name, concurrency):
-    # Requests beyond the bound wait their turn; none is lost or refused.
+    # Requests beyond the bound wait their turn (up to MAX_WAITING_REQUESTS, at least 100 an
+    # endpoint); none is lost or refused.
     running = start_service(make_service(unique_name, expected=1), concurrency=concurrency)
     assert run_async(call_many(f"{unique_name}.gate", 30, seconds=0.01)) == list(range(30))
     assert running.service.peak <= concurrency
+
+
+def test_beyond_the_waiting_line_requests_are_refused_at_once(start_service, unique_name):
+    with override_settings(CLIFFRACER={"MAX_WAITING_REQUESTS": 5}):
+        running = start_service(make_service(unique_name, expected=1), concurrency=1)
+
+    async def flood() -> list:
+        return await asyncio.gather(
+            *(
+                acall(f"{unique_name}.gate", {"tag": tag, "seconds": 0.2}, timeout=20)
+                for tag in range(20)
+            ),
+            return_exceptions=True,
+        )
+
+    results = run_async(flood())
+    answered = [result["tag"] for result in results if isinstance(result, dict)]
+    refused = [result for result in results if isinstance(result, RemoteError)]
+    # One runs, five wait their turn, the other fourteen hear 503 at once.
+    assert len(answered) == 6
+    assert len(refused) == 14
+    assert {(error.code, error.type) for error in refused} == {(503, "overloaded")}
+    assert running.runner.shed == {"gate": 14}
+    assert running.runner.stats_data()["gate"]["shed"] == 14

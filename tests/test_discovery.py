@@ -6,9 +6,9 @@ import re
 import pytest
 
 from cliffracer_core import RemoteError, Service, call, event, rpc
-from cliffracer_core.connection import connect
-from cliffracer_core.discovery import request_all
+from cliffracer_core.core.discovery import request_all
 from cliffracer_core.testing.plugin import run_async
+from cliffracer_core.transports import connect
 from tests.models import Add, Happened, Total
 
 ID = re.compile(r"^[A-Za-z0-9]+$")

@@ -20,11 +20,11 @@ from django.test.utils import modify_settings
 from pydantic import BaseModel
 
 from cliffracer_core import Service, event, get_message_id, processed_once, publish
-from cliffracer_core.auth.tokens import session_access_token
-from cliffracer_core.durable.consumer import consumer_name
-from cliffracer_core.durable.models import DeadLetter, ProcessedMessage
-from cliffracer_core.durable.relay import prune
-from cliffracer_core.durable.streams import covers, overlaps, stream_for
+from cliffracer_core.contrib.durable.consumer import consumer_name
+from cliffracer_core.contrib.durable.models import DeadLetter, ProcessedMessage
+from cliffracer_core.contrib.durable.relay import prune
+from cliffracer_core.core.auth.tokens import session_access_token
+from cliffracer_core.core.streams import covers, overlaps, stream_for
 from cliffracer_core.testing.plugin import run_async
 
 
@@ -536,3 +536,146 @@ def test_stopping_lets_durable_handlers_finish_and_acknowledge(
     name = consumer_name(unique_name, "on_happened")
     _, consumer = run_async(_stream_state(nats_server.url, stream, name))
     assert (consumer.num_pending, consumer.num_ack_pending) == (0, 0)
+
+
+class Padded(BaseModel):
+    id: str
+    fail: bool = False
+    padding: str = ""
+
+
+def padded_service(service_name: str, subject: str, **options):
+    class Padder(Service):
+        name = service_name
+
+        def __init__(self) -> None:
+            self.sizes: list[int] = []
+            self.broken = True
+
+        @event(f"{subject}.padded", durable=True, **options)
+        async def on_padded(self, event: Padded) -> None:
+            self.sizes.append(len(event.padding))
+            if event.fail and self.broken:
+                raise RuntimeError("cannot handle it")
+
+    return Padder
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_dead_letter_keeps_the_start_of_a_big_event_and_a_replay_reads_it_all(
+    stream, unique_name, start_service, settings
+):
+    settings.CLIFFRACER = {**settings.CLIFFRACER, "DEAD_LETTER_MAX_PAYLOAD_BYTES": 1000}
+    running = start_service(padded_service(unique_name, unique_name, max_deliveries=1))
+    publish(f"{unique_name}.padded", Padded(id="big", fail=True, padding="é" * 200_000))
+    assert wait_until(lambda: DeadLetter.objects.filter(status="pending").exists(), 10)
+    letter = DeadLetter.objects.get()
+    assert len(letter.payload.encode()) <= 1000
+    assert letter.payload_encoding == "utf-8"  # cut at a whole character
+    assert letter.payload_size > 400_000
+    running.service.broken = False
+    from cliffracer_core.contrib.durable.dead_letters import replay
+
+    assert replay([letter], by="operator") == (1, [])
+    assert wait_until(lambda: running.service.sizes == [200_000, 200_000], 10)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_cut_dead_letter_is_not_replayed_where_streams_keep_no_history(
+    stream, unique_name, start_service, settings, monkeypatch
+):
+    """On a backend without ``stream_history`` (RabbitMQ) the rest of a cut body cannot be read
+    back: the replay says so and the letter stays pending, never a replay of half an event."""
+    from cliffracer_core.contrib.durable.dead_letters import replay
+    from cliffracer_core.transports.nats import NatsTransport
+
+    settings.CLIFFRACER = {**settings.CLIFFRACER, "DEAD_LETTER_MAX_PAYLOAD_BYTES": 1000}
+    running = start_service(padded_service(unique_name, unique_name, max_deliveries=1))
+    publish(f"{unique_name}.padded", Padded(id="big", fail=True, padding="é" * 2000))
+    assert wait_until(lambda: DeadLetter.objects.filter(status="pending").exists(), 10)
+    running.service.broken = False
+
+    class WithoutHistory(type(NatsTransport.features)):
+        stream_history = False
+
+    monkeypatch.setattr(NatsTransport, "features", WithoutHistory())
+    replayed, [error] = replay([DeadLetter.objects.get()], by="operator")
+    assert replayed == 0
+    assert "keeps no stream history" in error and "DEAD_LETTER_MAX_PAYLOAD_BYTES" in error
+    assert DeadLetter.objects.get().status == "pending"
+    assert running.service.sizes == [2000]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_dead_letter_rows_are_rate_limited_and_none_is_lost(
+    stream, unique_name, start_service, settings
+):
+    settings.CLIFFRACER = {**settings.CLIFFRACER, "DEAD_LETTERS_PER_SECOND": 4.0}
+    start_service(recording_service(unique_name, unique_name))
+    started = time.monotonic()
+    for number in range(20):
+        publish(f"{unique_name}.happened", {"not_an_id": number})  # junk: dead at once
+    time.sleep(1.0)
+    # A burst of 4, then 4 a second: a flood of junk writes a trickle, not a flood, of rows.
+    written = DeadLetter.objects.count()
+    assert written <= 4 + 4 * (time.monotonic() - started) + 1
+    assert wait_until(lambda: DeadLetter.objects.count() == 20, 15)
+    assert set(DeadLetter.objects.values_list("status", flat=True)) == {"pending"}
+
+
+@pytest.mark.django_db(transaction=True)
+def test_an_event_without_a_token_is_refused_and_leaves_no_dead_letter(
+    stream, unique_name, start_service, nats_server
+):
+    running = start_service(recording_service(unique_name, unique_name))
+
+    async def anonymous() -> None:
+        connection = await nats.connect(nats_server.url)
+        try:
+            await connection.jetstream().publish(f"{unique_name}.happened", b'{"id": "x"}')
+        finally:
+            await connection.close()
+
+    run_async(anonymous())
+    from cliffracer_core.contrib.durable.extension import DurableHandlers
+
+    consumer = running.runner.extension(DurableHandlers).consumers[0]
+    assert wait_until(lambda: consumer.refused == 1)
+    assert running.service.deliveries == []
+    assert not DeadLetter.objects.exists()
+    _, info = run_async(_stream_state(nats_server.url, stream, consumer.name))
+    assert info.num_ack_pending == 0 and info.num_pending == 0
+
+
+def test_streams_keep_at_most_a_gigabyte_unless_declared_otherwise(stream, unique_name):
+    from cliffracer_core.core.streams import declared_streams
+    from cliffracer_core.transports.nats.jetstream import stream_config
+
+    assert declared_streams()[stream].options["max_bytes"] == 1024**3
+    assert stream_config(declared_streams()[stream]).max_bytes == 1024**3
+
+
+@pytest.mark.django_db(transaction=True)
+def test_processed_records_are_kept_as_long_as_their_stream_may_deliver_again(settings):
+    from django.utils import timezone
+
+    from cliffracer_core.contrib.durable.relay import processed_retentions
+
+    # The example's payments handler reads ORDERS, which keeps its events 7 days: a consumer
+    # created again could get any of them again, so its records stay that long.
+    settings.CLIFFRACER = {**settings.CLIFFRACER, "PROCESSED_MESSAGE_RETENTION": 60.0}
+    assert processed_retentions()["payments-on_order_created"] == 7 * 86400.0
+    old = timezone.now() - timezone.timedelta(seconds=3600)
+    ProcessedMessage.objects.create(
+        consumer="payments-on_order_created", message_id="kept", processed_at=old
+    )
+    ProcessedMessage.objects.create(consumer="a-script", message_id="pruned", processed_at=old)
+    assert prune()["processed"] == 1
+    assert list(ProcessedMessage.objects.values_list("message_id", flat=True)) == ["kept"]
+    # A stream that keeps its messages for ever keeps its handlers' records for ever.
+    settings.CLIFFRACER = {
+        **settings.CLIFFRACER,
+        "STREAMS": {"ORDERS": {"subjects": ["orders.>"], "max_age": 0}},
+    }
+    assert processed_retentions()["payments-on_order_created"] is None
+    assert "cliffracer.W024" in {message.id for message in run_checks()}

@@ -2,13 +2,16 @@
 
 An order is placed by a customer, over NATS with the customer's access token or over REST;
 payments, orders, inventory and notifications then react to one another's events in their own
-processes, and the test polls for the outcome. The customer's token travels the whole chain:
-``orders.create_order`` checks ``orders.add_order`` and ``inventory.reserve_stock`` checks
-``inventory.reserve_stock`` on the same token.
+processes, and the test polls for the outcome. ``orders.create_order`` checks
+``orders.add_order`` on the customer's token; orders then reserves the stock as the system
+identity, and every event travels through the outboxes as the system identity, which the
+handlers require: forged events are refused (an attack run once marked an order paid with one).
 """
 
 from __future__ import annotations
 
+import json
+import os
 import time
 from collections.abc import Callable
 from decimal import Decimal
@@ -28,7 +31,10 @@ from apps.orders.models import Order
 from apps.orders.schemas import OrderDetail
 from apps.payments.models import Payment
 from cliffracer_core import call
-from cliffracer_core.errors import PermissionDenied, RemoteConflict, RemoteNotFound
+from cliffracer_core.contrib.monitor.models import InstanceSnapshot
+from cliffracer_core.contrib.operations import figures
+from cliffracer_core.core.errors import PermissionDenied, RemoteConflict, RemoteNotFound
+from tests.monitoring import sample
 from tests.roles import restore_roles
 
 SERVICES = ("inventory", "orders", "payments", "notifications")
@@ -59,6 +65,41 @@ def wait_for(condition: Callable[[], Any], what: str, services: list[Any]) -> An
             pytest.fail(f"Timed out after {TIMEOUT:g}s waiting for {what}.\n{logs}")
         time.sleep(0.05)
     return result
+
+
+def place_an_order_on(
+    transport_url: str, runservice_process: Any, manage: Callable[..., Any]
+) -> None:
+    """The example's four services on the broker of ``transport_url``: a customer's order is
+    paid, its stock committed and the customer notified, through RPCs, outboxes and durable
+    events. ``manage(*arguments)`` runs ``manage.py`` on that broker."""
+    restore_roles()
+    cache.clear()
+    stock_item_create(sku="FLOW-TEE", name="T-shirt", price="19.00", quantity_on_hand=10)
+    processes = [
+        runservice_process(label, wait=False, CLIFFRACER_TRANSPORT_URL=transport_url)
+        for label in SERVICES
+    ]
+    for process in processes:
+        process.wait_serving()
+    customer = Customer("ada")
+    order = {
+        "customer_id": customer.id,
+        "customer_email": customer.user.email,
+        "lines": [{"sku": "FLOW-TEE", "quantity": 2}],
+        "payment_token": "tok_visa",
+    }
+    authorization = f"Authorization={customer.authorization}"
+    placed = manage("call", "orders.create_order", json.dumps(order), "-H", authorization)
+    assert placed.returncode == 0, placed.stderr
+    order_id = json.loads(placed.stdout)["order_id"]
+    wait_for(lambda: Order.objects.filter(pk=order_id, status="paid").exists(), "paid", processes)
+    wait_for(lambda: stock()["FLOW-TEE"] == (8, 0), "the stock committed", processes)
+    wait_for(
+        lambda: notification_kinds(order_id) == {"order_created", "order_paid"},
+        "both notifications",
+        processes,
+    )
 
 
 class Customer:
@@ -226,6 +267,26 @@ def test_an_order_for_more_than_the_stock_is_refused(services, customer):
     assert not Reservation.objects.exists()
     assert stock() == {"FLOW-MUG": (3, 0), "FLOW-TEE": (10, 0)}
 
+    # Refusals are the services keeping their contract: the console shows them as 4xx, and
+    # neither orders nor inventory is degraded by them (one 409 once made both so).
+    refusing = {"orders": "create_order", "inventory": "reserve_stock"}
+
+    def sampled() -> bool:
+        sample(window=1.0)
+        return all(
+            InstanceSnapshot.objects.filter(
+                service=name, **{f"stats__{endpoint}__num_errors": 2}
+            ).exists()
+            for name, endpoint in refusing.items()
+        )
+
+    wait_for(sampled, "the monitor's sample of orders and inventory", services)
+    rows = {row.name: row for row in figures.overview().services}
+    assert {name: rows[name].state for name in refusing} == {"orders": "up", "inventory": "up"}
+    for name in refusing:
+        traffic = rows[name].traffic
+        assert (traffic.client_errors, traffic.server_errors) == (2, 0), name
+
 
 def test_get_order_of_a_missing_order_is_not_found(services):
     # Called from the test, outside any request: as the system identity.
@@ -259,15 +320,26 @@ def test_one_order_leaves_one_correlation_id_in_every_service(services, customer
     def trail(process) -> list[str]:
         return [line for line in process.output().splitlines() if correlation_id in line]
 
+    expected = {
+        "orders": ["rpc orders.create_order ok"],
+        "inventory": ["rpc inventory.reserve_stock ok", "event ok on orders.paid by inventory"],
+        "payments": ["event ok on orders.created by payments"],
+        "notifications": ["event ok on orders.paid by notifications"],
+    }
+    by_label = {process.label: process for process in services}
+
+    def written() -> dict[str, str]:
+        return {label: "\n".join(trail(process)) for label, process in by_label.items()}
+
+    # Access lines are written in batches, a little after the work they describe.
     wait_for(
-        lambda: all(trail(process) for process in services), "a log line in every service", services
+        lambda: all(
+            fragment in text for label, text in written().items() for fragment in expected[label]
+        ),
+        "every service's access lines for the order",
+        services,
     )
-    lines = {process.label: "\n".join(trail(process)) for process in services}
-    assert "rpc orders.create_order ok" in lines["orders"]
-    assert "rpc inventory.reserve_stock ok" in lines["inventory"]
-    assert "event ok on orders.paid by inventory" in lines["inventory"]
-    assert "event ok on orders.created by payments" in lines["payments"]
-    assert "event ok on orders.paid by notifications" in lines["notifications"]
+    lines = written()
     # Each line names the service that wrote it.
     for label, text in lines.items():
         assert all(f" {label}/" in line for line in text.splitlines()), text
@@ -334,3 +406,94 @@ def place_order_for(caller: Customer, customer_id: int) -> Any:
             "payment_token": "tok_visa",
         },
     )
+
+
+@pytest.fixture
+def shop_without_payments(transactional_db, runservice_process) -> list[Any]:
+    """The example without its payments service: no payment outcome is announced yet."""
+    restore_roles()
+    cache.clear()
+    stock_item_create(sku="FLOW-TEE", name="T-shirt", price="19.00", quantity_on_hand=10)
+    processes = [runservice_process(label, wait=False) for label in SERVICES if label != "payments"]
+    for process in processes:
+        process.wait_serving()
+    return processes
+
+
+def forge(subject: str, body: dict[str, Any], token: str | None) -> None:
+    """Publish as an outsider who reaches NATS: a plain client, with the token given or none."""
+    import json
+
+    import nats
+
+    from cliffracer_core.testing.plugin import run_async
+
+    async def send() -> None:
+        connection = await nats.connect(os.environ["NATS_URL"])
+        try:
+            headers = {"Authorization": f"Bearer {token}"} if token else None
+            await connection.publish(subject, json.dumps(body).encode(), headers=headers)
+            await connection.flush()
+        finally:
+            await connection.close()
+
+    run_async(send())
+
+
+def test_a_forged_payment_event_does_not_mark_an_order_paid(
+    shop_without_payments, runservice_process
+):
+    customer = Customer("ada")
+    placed = place_order(customer, "tok_decline", ("FLOW-TEE", 2))
+    order_id = placed["order_id"]
+    forged = {"payment_id": 999999, "order_id": order_id, "amount": "0.01"}
+    # With no token, and with a customer's own valid token: neither is the system identity.
+    forge("payments.completed", forged, None)
+    forge("payments.completed", forged, customer.authorization.removeprefix("Bearer "))
+    orders = next(process for process in shop_without_payments if process.label == "orders")
+    wait_for(
+        lambda: orders.output().count("Refused an event on payments.completed") >= 1,
+        "orders to refuse the forged events",
+        shop_without_payments,
+    )
+    assert Order.objects.get(pk=order_id).status == "pending_payment"
+    assert stock()["FLOW-TEE"] == (10, 2)
+
+    # The real outcome still counts when payments comes up.
+    services = [*shop_without_payments, runservice_process("payments")]
+    wait_for(
+        lambda: Order.objects.filter(pk=order_id, status="payment_failed").exists(),
+        "the order's payment failed",
+        services,
+    )
+    wait_for(lambda: stock()["FLOW-TEE"] == (10, 0), "the stock released", services)
+
+
+def test_a_payment_event_is_checked_against_what_payments_recorded(
+    shop_without_payments, runservice_process
+):
+    from apps.orders.errors import PaymentNotConfirmed
+    from cliffracer_core.contrib.durable.models import DeadLetter
+    from cliffracer_core.core.auth.tokens import mint_system_token
+
+    services = [*shop_without_payments, runservice_process("payments")]
+    customer = Customer("ada")
+    placed = place_order(customer, "tok_decline", ("FLOW-TEE", 1))
+    order_id = placed["order_id"]
+    wait_for(
+        lambda: Order.objects.filter(pk=order_id, status="payment_failed").exists(),
+        "the order's payment failed",
+        services,
+    )
+    # Even as the system identity (a leaked token, a buggy publisher), an event that does not
+    # match payments' own record changes nothing; its failure is recorded for an operator.
+    forged = {"payment_id": 999999, "order_id": order_id, "amount": "0.01"}
+    forge("payments.completed", forged, mint_system_token())
+    letter = wait_for(
+        lambda: DeadLetter.objects.filter(consumer="orders-on_payment_completed").first(),
+        "the forged event's failure recorded",
+        services,
+    )
+    assert letter.error_type.endswith(PaymentNotConfirmed.__qualname__)
+    assert "not payment 999999" in letter.error_message
+    assert Order.objects.get(pk=order_id).status == "payment_failed"

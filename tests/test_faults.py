@@ -23,9 +23,9 @@ from django.db import connection
 from django.db.models import Count
 
 from cliffracer_core import RemoteError, publish
-from cliffracer_core.auth.tokens import session_access_token
-from cliffracer_core.client import apublish
-from cliffracer_core.durable.models import DeadLetter, OutboxMessage
+from cliffracer_core.contrib.durable.models import DeadLetter, OutboxMessage
+from cliffracer_core.core.auth.tokens import session_access_token
+from cliffracer_core.core.client import apublish
 from cliffracer_core.testing.plugin import database_url, project_root, run_async
 from tests.durableapp.models import SideEffect
 
@@ -85,6 +85,12 @@ def side_effects(handler: str) -> tuple[int, int]:
     """(rows, distinct event ids) the handler wrote."""
     rows = SideEffect.objects.filter(handler=handler)
     return rows.count(), rows.values("event_id").distinct().count()
+
+
+def duplicated(handler: str) -> int:
+    """Events the handler wrote more than one side effect for."""
+    rows = SideEffect.objects.filter(handler=handler).values("event_id")
+    return rows.annotate(times=Count("id")).filter(times__gt=1).count()
 
 
 class Publisher(threading.Thread):
@@ -169,13 +175,7 @@ def test_ten_thousand_durable_events_survive_two_kills_and_a_server_restart(
     wait_until(lambda: side_effects("work")[0] >= total, 90, interval=0.25)
     time.sleep(3)  # anything redelivered late would show up as a duplicate now
     rows, distinct = side_effects("work")
-    duplicates = (
-        SideEffect.objects.filter(handler="work")
-        .values("event_id")
-        .annotate(times=Count("id"))
-        .filter(times__gt=1)
-        .count()
-    )
+    duplicates = duplicated("work")
     stored = run_async(_stream_messages(nats_server.url))
     # Events whose first successful run was a redelivery (the kills, the restart), and
     # redeliveries of events already processed, which processed_once turned into no-ops.

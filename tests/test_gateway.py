@@ -8,16 +8,17 @@ import json
 import pytest
 from asgiref.sync import async_to_sync
 from django.contrib.auth.models import Permission, User
+from django.test import override_settings
 from rest_framework_simplejwt.tokens import AccessToken
 
 from cliffracer_core import Conflict, Service, get_correlation_id, rpc
-from cliffracer_core import client as client_module
-from cliffracer_core.auth.identity import get_caller
-from cliffracer_core.auth.tokens import claims_for_user
-from cliffracer_core.rest.gateway import directory
+from cliffracer_core.contrib.rest.gateway import directory
+from cliffracer_core.core import client as client_module
+from cliffracer_core.core.auth.identity import get_caller
+from cliffracer_core.core.auth.tokens import claims_for_user
 from tests.models import Add, Tagged, Total, Wait
 
-pytestmark = pytest.mark.django_db
+pytestmark = pytest.mark.django_db(transaction=True)
 
 
 def make_service(service_name: str) -> type[Service]:
@@ -164,7 +165,7 @@ def test_a_body_over_the_limit_is_refused_before_the_call(client, calculator, se
     settings.CLIFFRACER = {**settings.CLIFFRACER, "MAX_REQUEST_BYTES": 100}
     name, running = calculator
     response = post(client, f"/api/rpc/{name}/add", {"a": 1, "b": 2, "pad": "x" * 200})
-    assert response.status_code == 400
+    assert response.status_code == 413
     assert response.json()["error"]["type"] == "request_too_large"
     assert running.runner.counters["add"].num_requests == 0
 
@@ -265,6 +266,37 @@ def test_names_that_are_not_one_subject_token_are_404(client, calculator, path):
     assert response.json()["error"]["code"] == 404
 
 
+@pytest.mark.parametrize(
+    ("path", "error_type"),
+    [
+        ("/api/rpc/{name}/add%0a", "unknown_endpoint"),
+        ("/api/rpc/{name}%0a/add", "unknown_service"),
+        ("/api/rpc/{name}/add%0d%0a", "unknown_endpoint"),
+        ("/api/rpc/orders/get_order%0a", "unknown_endpoint"),
+    ],
+)
+def test_a_name_with_a_trailing_newline_is_404_not_500(client, calculator, path, error_type):
+    # "$" in a pattern matches before a final newline; a name is checked as a whole.
+    name, running = calculator
+    response = post(client, path.format(name=name), {"a": 1, "b": 2})
+    assert response.status_code == 404
+    assert response.json()["error"]["type"] == error_type
+    assert running.runner.counters["add"].num_requests == 0
+
+
+def test_a_body_nats_refuses_is_a_coded_413(client, calculator, settings):
+    # A body the gateway accepts but NATS refuses (over the server's 1 MB max_payload): the
+    # client maps the NATS client's refusal to a coded error, and the gateway answers JSON.
+    settings.CLIFFRACER = {**settings.CLIFFRACER, "MAX_REQUEST_BYTES": 4 << 20}
+    name, _ = calculator
+    response = post(client, f"/api/rpc/{name}/add", {"a": 1, "b": 2, "pad": "x" * (2 << 20)})
+    assert response.status_code == 413
+    error = response.json()["error"]
+    assert error["code"] == response.status_code
+    assert error["correlation_id"] == response["X-Correlation-ID"]
+    assert "Traceback" not in response.content.decode()
+
+
 def test_a_timeout_is_504(client, calculator, alice, settings):
     settings.CLIFFRACER = {**settings.CLIFFRACER, "RPC_TIMEOUT": 0.3}
     name, _ = calculator
@@ -319,3 +351,19 @@ def test_the_gateway_works_under_asgi(async_client, calculator):
     assert response.status_code == 200
     assert response.json() == {"total": 9}
     assert response["X-Correlation-ID"]
+
+
+def test_call_policies_apply_to_the_gateway_and_an_open_breaker_is_503(client, calculator, alice):
+    """The gateway calls through the same client: its target's breaker opens on failures."""
+    name, _ = calculator
+    policy = {"BREAKER": {"MIN_CALLS": 2, "FAILURE_RATIO": 1.0, "OPEN_SECONDS": 600}}
+    with override_settings(CLIFFRACER={"CALLS": {f"{name}.fail": policy}}):
+        token = bearer(alice)
+        for _ in range(2):
+            # The service failing is a bad gateway (docs/gateway.md).
+            assert post(client, f"/api/rpc/{name}/fail", authorization=token).status_code == 502
+        response = post(client, f"/api/rpc/{name}/fail", authorization=token)
+        assert response.status_code == 503
+        assert response.json()["error"]["type"] == "circuit_open"
+        # The breaker is the method's: the service's other endpoints still answer.
+        assert post(client, f"/api/rpc/{name}/add", {"a": 1, "b": 1}).status_code == 200

@@ -2,9 +2,11 @@
 
 import json
 import re
+from collections.abc import Callable
 
-from cliffracer_core.apps import service_app_configs
-from cliffracer_core.metrics.grafana import expressions
+from cliffracer_core.contrib.metrics.grafana import expressions
+from cliffracer_core.core.apps import service_app_configs
+from cliffracer_core.core.errors import CLIENT_ERROR, SERVER_ERROR, error_class
 from tests.test_metrics import (
     SETTINGS,
     free_port_range,
@@ -92,12 +94,13 @@ def test_dashboard_has_the_structure_grafana_imports(tmp_path):
         if config.service_class
     )
     assert rows == ["Overview", *names]
-    # Each service row has the four RPC panels (when it has endpoints).
+    # Each service row has the five RPC panels (when it has endpoints), 5xx and 4xx apart.
     titles = [panel["title"] for panel in panels]
     start_index = titles.index("orders")
-    assert titles[start_index + 1 : start_index + 5] == [
+    assert titles[start_index + 1 : start_index + 6] == [
         "Requests/s",
-        "Errors/s",
+        "Server errors/s (5xx)",
+        "Client errors/s (4xx)",
         "Latency",
         "In flight",
     ]
@@ -113,6 +116,45 @@ def test_dashboard_has_the_structure_grafana_imports(tmp_path):
     result = manage("grafana_dashboard", "--output", str(output), "--title", "Shop")
     assert result.returncode == 0, result.stderr
     assert json.loads(output.read_text())["title"] == "Shop"
+
+
+def code_matcher(expression: str) -> Callable[[str], bool]:
+    """The code label matcher of an expression, as a Python pattern that matches what it
+    selects (PromQL's regular expressions are anchored at both ends)."""
+    [(operator, pattern)] = re.findall(r'code(=~|!~)"([^"]*)"', expression)
+    anchored = re.compile(f"(?:{pattern})")
+    if operator == "=~":
+        return lambda code: anchored.fullmatch(code) is not None
+    return lambda code: anchored.fullmatch(code) is None
+
+
+def test_the_dashboard_shows_server_and_client_errors_apart():
+    board = dashboard_json()
+    by_title: dict[str, list[dict]] = {}
+    for panel in board["panels"]:
+        by_title.setdefault(panel["title"], []).append(panel)
+    assert "Errors/s" not in by_title  # no panel adds refusals and failures up
+    classes = {
+        "Server errors/s (5xx) by service": SERVER_ERROR,
+        "Client errors/s (4xx) by service": CLIENT_ERROR,
+        "Server errors/s (5xx)": SERVER_ERROR,
+        "Client errors/s (4xx)": CLIENT_ERROR,
+    }
+    codes = ["200", "400", "401", "403", "404", "408", "409", "413", "422", "499"]
+    codes += ["500", "502", "503", "504", "599", "600", "999"]
+    for title, expected in classes.items():
+        panels = by_title[title]
+        # The overview once; then one per service with endpoints.
+        assert len(panels) == (1 if title.endswith("by service") else len(by_title["Latency"]))
+        for panel in panels:
+            [target] = panel["targets"]
+            assert "cliffracer_rpc_requests_total" in target["expr"]
+            selects = code_matcher(target["expr"])
+            # The same split as the console's (cliffracer_core.core.errors.error_class).
+            selected = [code for code in codes if selects(code)]
+            assert selected == [
+                code for code in codes if code != "200" and error_class(int(code)) == expected
+            ], title
 
 
 def test_every_query_names_metrics_a_runservice_process_exports(nats_server, runservice_process):

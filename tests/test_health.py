@@ -11,9 +11,9 @@ import pytest
 from django.db import OperationalError
 from django.test import Client
 
-from cliffracer_core.client import close_sync_connection
-from cliffracer_core.rest import health
-from cliffracer_core.settings import cliffracer_settings
+from cliffracer_core.contrib.rest import health
+from cliffracer_core.core.client import close_sync_transport
+from cliffracer_core.core.settings import cliffracer_settings
 
 
 def closed_port() -> int:
@@ -27,7 +27,7 @@ def closed_port() -> int:
 def nats_down(nats_server) -> Iterator[str]:
     """NATS_URL points at a closed port, and the process has no NATS connection yet."""
     url = f"nats://127.0.0.1:{closed_port()}"
-    close_sync_connection()
+    close_sync_transport()
     previous = os.environ["NATS_URL"]
     os.environ["NATS_URL"] = url
     cliffracer_settings.reload()
@@ -36,7 +36,7 @@ def nats_down(nats_server) -> Iterator[str]:
     finally:
         os.environ["NATS_URL"] = previous
         cliffracer_settings.reload()
-        close_sync_connection()
+        close_sync_transport()
 
 
 def test_healthz_answers_without_credentials():

@@ -9,7 +9,7 @@ import time
 import pytest
 
 from cliffracer_core import call
-from cliffracer_core.inspection import InspectionRefused, check_options
+from cliffracer_core.dev.inspection import InspectionRefused, check_options
 from cliffracer_core.testing.plugin import run_async
 from tests.test_runservice import run_manage, send_sleeps, wait_for
 

@@ -1,4 +1,4 @@
-"""Celery in a Cliffracer system (``cliffracer_core.jobs``): real worker and beat processes,
+"""Celery in a Cliffracer system (``cliffracer_core.contrib.jobs``): real worker and beat processes,
 real NATS, the session's broker (the embedded one, or Redis when CELERY_BROKER_URL names it).
 """
 
@@ -22,16 +22,16 @@ from django_celery_results.models import TaskResult
 from pydantic import BaseModel
 
 from cliffracer_core import Conflict, Service, call, event, get_correlation_id, rpc
-from cliffracer_core.auth.identity import Caller
-from cliffracer_core.auth.tokens import session_access_token
-from cliffracer_core.connection import connect
-from cliffracer_core.context import current_headers, message_context
-from cliffracer_core.discovery import request_all
-from cliffracer_core.errors import RemoteConflict
-from cliffracer_core.headers import AUTHORIZATION, CORRELATION_ID
-from cliffracer_core.jobs import context as job_context
-from cliffracer_core.jobs.metrics import TaskCounts
+from cliffracer_core.contrib.jobs import context as job_context
+from cliffracer_core.contrib.jobs.metrics import TaskCounts
+from cliffracer_core.core.auth.identity import Caller
+from cliffracer_core.core.auth.tokens import session_access_token
+from cliffracer_core.core.context import current_headers, message_context
+from cliffracer_core.core.discovery import request_all
+from cliffracer_core.core.errors import RemoteConflict
+from cliffracer_core.core.headers import AUTHORIZATION, CORRELATION_ID, TRACEPARENT, TRACESTATE
 from cliffracer_core.testing.plugin import run_async
+from cliffracer_core.transports import connect
 from tests import jobs_tasks
 
 TIMEOUT = 20.0
@@ -146,7 +146,7 @@ def test_a_task_carries_the_correlation_id_of_the_handler_that_enqueued_it(
     # So does the event the task publishes.
     assert probe.events == [expected]
 
-    # And the task's log lines carry the id (cliffracer_core.log.ContextFilter).
+    # And the task's log lines carry the id (cliffracer_core.core.log.ContextFilter).
     def lines() -> list[str]:
         return [line for line in worker.output().splitlines() if correlation_id in line]
 
@@ -227,15 +227,17 @@ def test_beat_answers_discovery_as_celery_beat(transactional_db, nats_server, ce
     assert info["metadata"]["scheduler"] == "django_celery_beat.schedulers:DatabaseScheduler"
 
 
-@pytest.mark.skipif(
-    not os.environ.get("CELERY_BROKER_URL", "").startswith("redis"),
-    reason="CELERY_BROKER_URL names no Redis broker",
-)
-def test_the_session_uses_redis_when_celery_broker_url_names_it(celery_broker):
-    # The tests above ran their tasks through it, on a queue of this session's own.
+def test_the_session_uses_the_broker_celery_broker_url_names(celery_broker):
+    # The tests above ran their tasks through it: a Redis (or RabbitMQ) broker named by
+    # CELERY_BROKER_URL, on a queue of this session's own, or else a filesystem broker of the
+    # session's own.
+    scheme = celery_broker.partition("://")[0]
     with current_app.connection_for_write() as connection:
-        assert connection.transport.driver_type == "redis"
-    assert current_app.conf.task_default_queue == f"cliffracer-test-{os.getpid()}"
+        assert connection.transport.driver_type == scheme
+    if scheme == "filesystem":
+        assert celery_broker != "filesystem://localhost/"
+    else:
+        assert current_app.conf.task_default_queue == f"cliffracer-test-{os.getpid()}"
 
 
 # In this process
@@ -273,6 +275,22 @@ def test_a_correlation_id_not_fit_for_logs_is_replaced():
 
     assert values[CORRELATION_ID] != getattr(request, CORRELATION_ID)
     assert len(values[CORRELATION_ID]) == 32
+
+
+def test_a_header_with_a_trailing_newline_is_not_trusted():
+    # "$" matches before a final newline: a pattern check must cover the whole value.
+    class Request:
+        is_eager = False
+
+    request = Request()
+    setattr(request, CORRELATION_ID, "job-1\n")
+    setattr(request, TRACEPARENT, "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01\n")
+    setattr(request, TRACESTATE, None)
+
+    values = job_context.headers_of_task(request)
+
+    assert values[CORRELATION_ID] != "job-1\n"
+    assert TRACEPARENT not in values
 
 
 def _count_in_child(counts: TaskCounts) -> None:

@@ -8,46 +8,25 @@ the screenshots in test-artifacts/ are for people.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import pytest
 from django.contrib.auth.models import Group, User
 from django.core.cache import cache
+from playwright.sync_api import expect
 
 from apps.inventory.logic import stock_seed_demo
 from apps.orders.models import Order
+from cliffracer_core.testing.browser import browser_path, launch_chromium
 from tests.roles import restore_roles
 
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 ARTIFACTS = Path(__file__).resolve().parents[1] / "test-artifacts"
 SERVICES = ("inventory", "orders", "payments", "notifications")
 PASSWORD = "correct horse battery staple"
 TIMEOUT_MS = 20_000
 
-pytestmark = [
-    pytest.mark.django_db(transaction=True),
-    pytest.mark.skipif(
-        not CHROMIUM.exists(),
-        reason=f"No browser: {CHROMIUM} is missing (apt-get install chromium); "
-        "the test never downloads one.",
-    ),
-]
-
-sync_api = pytest.importorskip("playwright.sync_api")
-expect = sync_api.expect
+pytestmark = pytest.mark.django_db(transaction=True)
 
 
 def make_user(username: str, group: str) -> User:
@@ -72,21 +51,10 @@ def shop(roles, runservice_process) -> None:
         process.wait_serving()
 
 
-@contextmanager
-def chromium() -> Iterator[Any]:
-    """Debian's chromium, headless.
-
-    Django refuses database work while Playwright's sync API runs its event loop in this
-    thread, so a test does its database work before it opens the browser or after it closes.
-    """
-    with sync_api.sync_playwright() as playwright:
-        browser = playwright.chromium.launch(
-            executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True
-        )
-        try:
-            yield browser
-        finally:
-            browser.close()
+@pytest.fixture(autouse=True)
+def browser_present() -> None:
+    """Skip (fail under CI=true) before any service starts when there is no browser."""
+    browser_path()
 
 
 def open_page(browser: Any, base_url: str, *, route: Any = None) -> Any:
@@ -156,7 +124,7 @@ def test_a_customer_orders_and_an_operator_watches_live(shop, web_process):
     make_user("olga", "operator")
     web = web_process("web")
 
-    with chromium() as browser:
+    with launch_chromium() as browser:
         operator = open_page(browser, web.url)
         log_in(operator, "olga")
         expect(operator.locator("#connection")).to_have_attribute("data-state", "connected")
@@ -253,7 +221,7 @@ def test_the_page_renews_its_token_reconnects_and_signs_out_on_4401(roles, web_p
     proxy = SocketProxy()
     subject = f"notifications.user.{ada.pk}"
 
-    with chromium() as browser:
+    with launch_chromium() as browser:
         page = open_page(browser, web.url, route=proxy)
         log_in(page, "ada")
         expect_subscribed(page, subject)

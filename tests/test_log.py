@@ -8,8 +8,9 @@ from django.http import JsonResponse
 from django.test import RequestFactory
 
 from cliffracer_core import RemoteError, Service, call, get_correlation_id, rpc
-from cliffracer_core.log import ConsoleFormatter, ContextFilter, JsonFormatter
-from cliffracer_core.middleware import CorrelationIdMiddleware
+from cliffracer_core.contrib.rest.middleware import CorrelationIdMiddleware
+from cliffracer_core.core.log import ConsoleFormatter, ContextFilter, JsonFormatter
+from cliffracer_core.testing import wait_for
 from tests.models import Add, Total
 
 
@@ -57,6 +58,8 @@ def test_every_line_names_service_instance_endpoint_and_correlation(start_servic
         call(f"{unique_name}.add", {"a": 1, "b": 2}, headers={"X-Correlation-ID": "log-1"})
         with pytest.raises(RemoteError):
             call(f"{unique_name}.fail", {"a": 1, "b": 2}, headers={"X-Correlation-ID": "log-2"})
+        # Access lines are written in batches, within 50 ms (core/access.py).
+        wait_for(lambda: sum("cliffracer.access" in line for line in recorder.lines) >= 2)
     finally:
         logging.getLogger("cliffracer").removeHandler(recorder)
     entries = [json.loads(line) for line in recorder.lines]
@@ -104,6 +107,8 @@ def test_http_requests_get_and_return_a_correlation_id():
     # A value that is not an id (too long, or unsafe in a header) is replaced.
     odd = middleware(RequestFactory().get("/", HTTP_X_CORRELATION_ID="x" * 500))
     assert odd["X-Correlation-ID"] != "x" * 500
+    newline = middleware(RequestFactory().get("/", HTTP_X_CORRELATION_ID="from-client-2\n"))
+    assert newline["X-Correlation-ID"] != "from-client-2\n"
 
 
 def test_the_project_returns_the_header_on_real_responses(client):

@@ -19,10 +19,12 @@ from django.core.checks import run_checks
 from django.test import override_settings
 from prometheus_client.parser import text_string_to_metric_families
 
-from cliffracer_core.discovery import request_all
-from cliffracer_core.embedded import NatsServer
-from cliffracer_core.metrics.exporter import parse_ports
+from cliffracer_core.contrib.metrics.exporter import parse_ports
+from cliffracer_core.core.auth.tokens import mint_system_token
+from cliffracer_core.core.discovery import request_all
 from cliffracer_core.testing.plugin import project_root, run_async
+from cliffracer_core.transports import connect
+from cliffracer_core.transports.nats.embedded import NatsServer
 
 SETTINGS = {"DJANGO_SETTINGS_MODULE": "tests.metrics_settings"}
 SERVICE = "metered"
@@ -66,7 +68,7 @@ def info_of(process, nats_url: str) -> dict:
     """The $SRV.INFO reply of ``process`` (found by its pid in the metadata)."""
 
     async def ask() -> list[dict]:
-        connection = await nats.connect(nats_url)
+        connection = await connect(nats_url)
         try:
             return await request_all(connection, "INFO", SERVICE, timeout=0.5)
         finally:
@@ -114,12 +116,15 @@ def requests(url: str, calls: list[tuple[str, bytes]]) -> list:
     return run_async(send())
 
 
-def publish(url: str, messages: list[tuple[str, bytes]]) -> None:
+def publish(url: str, messages: list[tuple[str, bytes, str | None]]) -> None:
+    """Publish each (subject, body, access token or None) with a plain nats-py client."""
+
     async def send() -> None:
         connection = await nats.connect(url)
         try:
-            for subject, body in messages:
-                await connection.publish(subject, body)
+            for subject, body, token in messages:
+                headers = {"Authorization": f"Bearer {token}"} if token else None
+                await connection.publish(subject, body, headers=headers)
             await connection.flush()
         finally:
             await connection.close()
@@ -271,13 +276,15 @@ def test_in_flight_counts_the_requests_being_handled(nats_server, runservice_pro
 def test_events_and_timer_runs_are_counted_by_outcome(nats_server, runservice_process):
     process = start(runservice_process, free_port_range(5))
     url = metrics_url(process, nats_server.url)
+    token = mint_system_token()
     publish(
         nats_server.url,
         [
-            ("metered.ping", b"{}"),
-            ("metered.ping", b'{"fail": false}'),
-            ("metered.ping", b'{"fail": true}'),  # the handler raises: error
-            ("metered.ping", b'{"fail": "sometimes"}'),  # fails validation: rejected
+            ("metered.ping", b"{}", token),
+            ("metered.ping", b'{"fail": false}', token),
+            ("metered.ping", b'{"fail": true}', token),  # the handler raises: error
+            ("metered.ping", b'{"fail": "sometimes"}', token),  # fails validation: rejected
+            ("metered.ping", b"{}", None),  # no token: refused
         ],
     )
 
@@ -290,7 +297,7 @@ def test_events_and_timer_runs_are_counted_by_outcome(nats_server, runservice_pr
             outcome=outcome,
         )
 
-    wait_for(lambda: events("ok") == 2)
+    wait_for(lambda: events("ok") == 2 and events("refused") == 1)
     assert events("error") == 1
     assert events("rejected") == 1
 

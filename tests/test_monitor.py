@@ -15,17 +15,22 @@ import pytest
 from django.utils import timezone
 
 from cliffracer_core import RemoteError, call, publish
-from cliffracer_core.connection import connect
-from cliffracer_core.error_records import ErrorReporter, errors_subject
-from cliffracer_core.errors import Conflict, InternalError
-from cliffracer_core.headers import CORRELATION_ID
-from cliffracer_core.metrics.recorder import DURATION_BUCKETS
-from cliffracer_core.models import EndpointMinute, ErrorRecord, InstanceSnapshot, ServiceMinute
-from cliffracer_core.monitor import histograms, sampling
-from cliffracer_core.monitor.checks import check_monitor_settings
-from cliffracer_core.monitor.sampling import InstanceReport
-from cliffracer_core.monitor.schemas import ErrorReport
+from cliffracer_core.contrib.monitor import histograms, sampling
+from cliffracer_core.contrib.monitor.checks import check_monitor_settings
+from cliffracer_core.contrib.monitor.models import (
+    EndpointMinute,
+    ErrorRecord,
+    InstanceSnapshot,
+    ServiceMinute,
+)
+from cliffracer_core.contrib.monitor.records import ErrorReporter, errors_subject
+from cliffracer_core.contrib.monitor.sampling import InstanceReport
+from cliffracer_core.contrib.monitor.schemas import ErrorReport
+from cliffracer_core.core.errors import Conflict, InternalError
+from cliffracer_core.core.figures import DURATION_BUCKETS
+from cliffracer_core.core.headers import CORRELATION_ID
 from cliffracer_core.testing.plugin import run_async
+from cliffracer_core.transports import connect
 from tests.monitoring import SECRET, make_fast_monitor, make_shop, sample, wait_until
 
 
@@ -65,6 +70,29 @@ def test_stats_carry_each_endpoints_latency_histogram(start_service, unique_name
     assert f"127.0.0.1:{nats_server.port}" in reply["metadata"]["nats_server"]
 
 
+def test_stats_split_the_errors_into_client_and_server_errors(
+    start_service, unique_name, nats_server
+):
+    start_service(make_shop(unique_name))
+    call(f"{unique_name}.add", {"a": 1, "b": 1})
+    for _ in range(2):
+        call_quietly(f"{unique_name}.clash")
+    call_quietly(f"{unique_name}.fail", {"a": 1, "b": 1})
+    call_quietly(f"{unique_name}.add", {"a": "not a number", "b": 1})
+    endpoints = {
+        endpoint["name"]: endpoint
+        for endpoint in stats_of(nats_server.url, unique_name)["endpoints"]
+    }
+    split = {
+        name: (endpoint["data"]["client_errors"], endpoint["data"]["server_errors"])
+        for name, endpoint in endpoints.items()
+    }
+    assert split == {"add": (1, 0), "clash": (2, 0), "fail": (0, 1), "guarded": (0, 0)}
+    # ADR-32's own fields are as before, for tools in other languages: both classes counted.
+    assert [endpoints[name]["num_errors"] for name in ("add", "clash", "fail")] == [1, 2, 1]
+    assert endpoints["clash"]["last_error"].startswith("409:")
+
+
 @pytest.fixture
 def error_records(nats_server):
     """Collect what is published on ``_cliffracer.errors.<name>`` while a test runs."""
@@ -82,7 +110,7 @@ def error_records(nats_server):
                 async def received(message) -> None:
                     self.records.append(json.loads(message.data))
 
-                await self.connection.subscribe(errors_subject(name), cb=received)
+                await self.connection.subscribe(errors_subject(name), received)
                 await self.connection.flush()
 
             self.loop.run_until_complete(start())
@@ -124,6 +152,7 @@ def test_a_failed_call_publishes_an_error_record_without_traceback(
         "type": "internal_error",
         "message": InternalError.default_message,
         "correlation_id": "corr-fail-1",
+        "trace_id": "",
         "time": failure["time"],
         "dropped": 0,
     }
@@ -239,11 +268,18 @@ def test_sampling_records_instances_and_the_traffic_between_samples(start_servic
     service_rows = ServiceMinute.objects.filter(instance_id=snapshot.instance_id)
     assert sum(row.requests for row in service_rows) == 5
     assert sum(row.errors for row in service_rows) == 1
+    assert sum(row.client_errors for row in service_rows) == 0  # a 500: a server error
     assert sum(sum(row.histogram) for row in service_rows) == 5
 
 
 def report(
-    instance_id: str, requests: int, *, started: datetime, errors: int = 0, name: str = "svc"
+    instance_id: str,
+    requests: int,
+    *,
+    started: datetime,
+    errors: int = 0,
+    client_errors: int | None = None,
+    name: str = "svc",
 ) -> InstanceReport:
     counts = histograms.empty()
     counts[3] = requests
@@ -261,7 +297,10 @@ def report(
                 "num_errors": errors,
                 "processing_time": requests * 1_000_000,
                 "last_error": "",
-                "data": {"latency_histogram": {"bounds": list(DURATION_BUCKETS), "counts": counts}},
+                "data": {
+                    "latency_histogram": {"bounds": list(DURATION_BUCKETS), "counts": counts},
+                    **({} if client_errors is None else {"client_errors": client_errors}),
+                },
             }
         ],
     )
@@ -285,6 +324,32 @@ def test_an_instance_first_seen_long_after_it_started_is_only_a_baseline():
     [row] = EndpointMinute.objects.filter(instance_id="old")
     assert row.minute == later.replace(second=0, microsecond=0)
     assert row.histogram[3] == 10 and sum(row.histogram) == 10
+
+
+@pytest.mark.django_db
+def test_sampling_counts_client_errors_apart_and_errors_without_a_split_as_server_errors():
+    now = timezone.now()
+    started = now - timedelta(seconds=5)
+    later = [now + timedelta(seconds=10 * step) for step in range(1, 4)]
+    sampling.record([report("split", 10, started=started, errors=3, client_errors=2)], now=now)
+    sampling.record([report("split", 20, started=started, errors=8, client_errors=6)], now=later[0])
+    # A split that claims more errors than there are: never more client errors than errors.
+    sampling.record(
+        [report("split", 21, started=started, errors=9, client_errors=99)], now=later[1]
+    )
+    # A service in another language sends no split: its errors count as server errors.
+    sampling.record([report("other", 4, started=started, errors=3)], now=now)
+    rows = EndpointMinute.objects.filter(instance_id__in=["split", "other"])
+    totals = {
+        instance: (
+            sum(row.errors for row in rows if row.instance_id == instance),
+            sum(row.client_errors for row in rows if row.instance_id == instance),
+        )
+        for instance in ("split", "other")
+    }
+    assert totals == {"split": (9, 7), "other": (3, 0)}
+    service_rows = ServiceMinute.objects.filter(instance_id="split")
+    assert sum(row.client_errors for row in service_rows) == 7
 
 
 @pytest.mark.django_db
@@ -435,9 +500,10 @@ def test_names_that_are_not_subject_tokens_are_ignored(nats_server):
         connection = await connect(nats_server.url)
 
         async def answer(message):
-            await message.respond(json.dumps({"name": "bad/name", "id": "x1"}).encode())
+            reply = json.dumps({"name": "bad/name", "id": "x1"}).encode()
+            await connection.publish(message.reply, reply)
 
-        await connection.subscribe("$SRV.PING", cb=answer)
+        await connection.subscribe("$SRV.PING", answer)
         await connection.flush()
         try:
             return await sampling.discover(connection, window=0.3)
@@ -465,3 +531,8 @@ def test_the_monitor_settings_are_checked(settings):
     assert "SAMPLE_EVERY" in errors[0].msg
     settings.CLIFFRACER = {**settings.CLIFFRACER, "MONITOR": {"ERRORS_PER_SECOND": 0}}
     assert check_monitor_settings() == []
+    # QUIET is a switch: False logs the monitor's every run; a number is a mistake.
+    settings.CLIFFRACER = {**settings.CLIFFRACER, "MONITOR": {"QUIET": False}}
+    assert check_monitor_settings() == []
+    settings.CLIFFRACER = {**settings.CLIFFRACER, "MONITOR": {"QUIET": 1}}
+    assert [error.id for error in check_monitor_settings()] == ["cliffracer.E203"]

@@ -12,11 +12,11 @@ from django.utils import timezone
 from pydantic import BaseModel
 
 from cliffracer_core import Service, event, publish_on_commit
-from cliffracer_core.auth.tokens import session_access_token
-from cliffracer_core.context import message_context
-from cliffracer_core.durable.models import OutboxMessage
-from cliffracer_core.durable.relay import OutboxRelay, prune
-from cliffracer_core.durable.streams import MSG_ID, ORIGIN_CALLER
+from cliffracer_core.contrib.durable.models import OutboxMessage
+from cliffracer_core.contrib.durable.relay import OutboxRelay, prune
+from cliffracer_core.core.auth.tokens import session_access_token
+from cliffracer_core.core.context import message_context
+from cliffracer_core.core.headers import MSG_ID, ORIGIN_CALLER
 from cliffracer_core.testing.plugin import run_async
 
 
@@ -75,7 +75,7 @@ async def _stored(url: str, name: str) -> list:
 
 async def _relay(url: str, *relays_batch: int) -> list[OutboxRelay]:
     """Run relays side by side until the outbox is empty."""
-    from cliffracer_core.connection import connect
+    from cliffracer_core.transports import connect
 
     connection = await connect(url)
     relays = [OutboxRelay(connection, batch_size=batch) for batch in relays_batch]

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from cliffracer_core import call
-from cliffracer_core.reload import watched_paths, without_reload_options
+from cliffracer_core.dev.reload import watched_paths, without_reload_options
 from tests import test_supervisor
 from tests.test_supervisor import assert_all_gone, ping
 

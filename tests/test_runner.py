@@ -3,6 +3,8 @@
 import asyncio
 import json
 import logging
+import subprocess
+import sys
 
 import nats
 import pytest
@@ -20,15 +22,18 @@ from cliffracer_core import (
     get_correlation_id,
     rpc,
 )
-from cliffracer_core.auth.tokens import system_identity
-from cliffracer_core.errors import (
+from cliffracer_core.core.auth.tokens import system_identity
+from cliffracer_core.core.errors import (
     NoResponders,
     RemoteConflict,
     RemoteNotFound,
     RemoteUnavailable,
 )
-from cliffracer_core.log import ContextFilter
-from cliffracer_core.testing.plugin import run_async
+from cliffracer_core.core.log import ContextFilter
+from cliffracer_core.testing import wait_for
+from cliffracer_core.testing.plugin import project_root, run_async
+from cliffracer_core.transports.base import Features
+from cliffracer_core.transports.memory import MemoryTransport
 from tests.models import Add, Item, Tagged, Total, Wait
 
 
@@ -115,9 +120,12 @@ async def raw_request(url: str, subject: str, body: bytes, headers=None):
 def test_reply_is_the_plain_json_of_the_reply_model(nats_server, calculator):
     reply = run_async(raw_request(nats_server.url, f"rpc.{calculator}.add", b'{"a": 2, "b": 3}'))
     assert json.loads(reply.data) == {"total": 5}
-    assert "Nats-Service-Error-Code" not in (reply.headers or {})
-    # The service made a correlation id for a caller that sent none, and says which.
-    assert reply.headers["X-Correlation-ID"]
+    # No headers: the caller sent no correlation id, so it gets none back on success (the
+    # service's access line has the one it made), and an error reply would say which.
+    assert not reply.headers
+    error = run_async(raw_request(nats_server.url, f"rpc.{calculator}.add", b"{}"))
+    assert error.headers["Nats-Service-Error-Code"] == "422"
+    assert len(error.headers["X-Correlation-ID"]) == 32
 
 
 def test_a_caller_that_sent_a_correlation_id_gets_a_bare_reply(nats_server, calculator):
@@ -266,3 +274,114 @@ def test_a_remote_error_can_be_passed_through(calculator):
     with pytest.raises(RemoteConflict) as raised:
         call(f"{calculator}.pass_through", {"id": 1, "name": "bolt"})
     assert (raised.value.type, raised.value.details) == ("conflict", {"name": "bolt"})
+
+
+def test_echoed_input_is_cut_short_in_an_error_reply(nats_server, calculator):
+    # find echoes the id in its message and details: a huge one once made the reply too big to
+    # send, and the caller waited for a timeout. Item.id is an int, so name carries it here.
+    huge = "x" * 900_000
+    reply = run_async(
+        raw_request(
+            nats_server.url,
+            f"rpc.{calculator}.taken",
+            json.dumps({"id": 1, "name": huge}).encode(),
+        )
+    )
+    assert reply.headers["Nats-Service-Error-Code"] == "409"
+    assert len(reply.headers["Nats-Service-Error"]) <= 200
+    error = json.loads(reply.data)["error"]
+    assert len(error["details"]["name"]) == 1000
+    assert error["details"]["name"].endswith("…")
+    assert len(reply.data) < 5000
+
+
+@pytest.mark.parametrize(
+    "offered",
+    ["\x1b[31mred\x1b[0m", "nul\x00byte", "x" * 200, "spaces are not allowed", "tab\there"],
+)
+def test_a_correlation_id_not_fit_to_log_is_replaced(nats_server, calculator, caplog, offered):
+    with caplog.at_level(logging.INFO, logger="cliffracer.access"):
+        reply = run_async(
+            raw_request(
+                nats_server.url,
+                f"rpc.{calculator}.whoami",
+                b'{"tag": 1}',
+                {"X-Correlation-ID": offered},
+            )
+        )
+        used = json.loads(reply.data)["correlation_id"]
+        # Access lines are written in batches, within 50 ms (core/access.py).
+        wait_for(
+            lambda: any(getattr(r, "correlation_id", "") == used for r in caplog.records),
+            what="the access line",
+        )
+    assert used != offered
+    assert len(used) == 32 and used.isalnum()
+    assert reply.headers["X-Correlation-ID"] == used
+    assert offered not in caplog.text
+
+
+class WithoutDurableStreams(Features):
+    """A transport's features without durable streams (as Redis pub/sub alone would be)."""
+
+    no_responders = wildcards = queue_groups = broadcast = True
+
+
+class MemoryWithoutDurable(MemoryTransport):
+    features = WithoutDurableStreams()
+
+
+def test_a_service_is_refused_a_transport_that_lacks_what_it_needs(settings):
+    from django.core.exceptions import ImproperlyConfigured
+
+    from cliffracer_core import event
+    from cliffracer_core.core.runner import ServiceRunner
+
+    class Ledger(Service):
+        name = "ledger"
+
+        @event("ledger.>", durable=True)
+        def on_entry(self) -> None: ...
+
+    settings.CLIFFRACER = {
+        **settings.CLIFFRACER,
+        "TRANSPORT": {
+            "BACKEND": "tests.test_runner.MemoryWithoutDurable",
+            "LOCATION": "memory://refused",
+        },
+        "STREAMS": {"LEDGER": {"subjects": ["ledger.>"]}},
+    }
+    runner = ServiceRunner(Ledger)
+    with pytest.raises(ImproperlyConfigured) as refused:
+        asyncio.run(runner.start(connect_attempts=1))
+    message = str(refused.value)
+    assert "MemoryWithoutDurable" in message
+    assert "durable (on_entry is a durable handler)" in message
+
+
+FORKING = """
+import os
+from cliffracer_core.core.context import new_correlation_id
+reading, writing = os.pipe()
+child = os.fork()
+if child == 0:
+    os.write(writing, new_correlation_id().encode())
+    os._exit(0)
+os.waitpid(child, 0)
+print(new_correlation_id(), os.read(reading, 64).decode())
+"""
+
+
+def test_correlation_ids_are_unique_within_a_process_and_across_a_fork() -> None:
+    from cliffracer_core.core.context import new_correlation_id
+    from cliffracer_core.core.headers import accepted_id
+
+    made = [new_correlation_id() for _ in range(1000)]
+    assert len(set(made)) == 1000 and all(len(i) == 32 and accepted_id(i) for i in made)
+    # In a process of its own (this one has threads: forking it could deadlock the child).
+    forked = subprocess.run(
+        [sys.executable, "-c", FORKING], cwd=project_root(), capture_output=True, text=True
+    )
+    parent, child = forked.stdout.split()
+    assert accepted_id(child) and len({parent, child, *made}) == 1002
+    assert parent[:16] != child[:16]  # the child drew a random half of its own

@@ -12,9 +12,9 @@ import nats
 import pytest
 
 from cliffracer_core import NoResponders, call
-from cliffracer_core.connection import connect
-from cliffracer_core.embedded import NatsServer
 from cliffracer_core.testing.plugin import project_root, run_async
+from cliffracer_core.transports import connect
+from cliffracer_core.transports.nats.embedded import NatsServer
 
 TEST_SETTINGS = {"DJANGO_SETTINGS_MODULE": "tests.settings"}
 

@@ -23,11 +23,11 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
-from cliffracer_core import client as client_module
-from cliffracer_core.apps import service_app_configs
-from cliffracer_core.auth.tokens import claims_for_user
-from cliffracer_core.rest.gateway import directory
-from cliffracer_core.rest.schema import ComponentRegistry, endpoint_operation, to_openapi
+from cliffracer_core.contrib.rest.gateway import directory
+from cliffracer_core.contrib.rest.schema import ComponentRegistry, endpoint_operation, to_openapi
+from cliffracer_core.core import client as client_module
+from cliffracer_core.core.apps import service_app_configs
+from cliffracer_core.core.auth.tokens import claims_for_user
 
 
 @pytest.fixture

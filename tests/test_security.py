@@ -29,10 +29,10 @@ from django.contrib.auth.models import Permission, User
 from rest_framework_simplejwt.tokens import AccessToken, RefreshToken
 
 from apps.inventory.service import InventoryService
-from cliffracer_core import client as client_module
-from cliffracer_core.auth.tokens import claims_for_user, mint_system_token, verifier
-from cliffracer_core.headers import ERROR_CODE
-from cliffracer_core.settings import cliffracer_settings
+from cliffracer_core.core import client as client_module
+from cliffracer_core.core.auth.tokens import claims_for_user, mint_system_token, verifier
+from cliffracer_core.core.headers import ERROR_CODE
+from cliffracer_core.core.settings import cliffracer_settings
 from cliffracer_core.testing.services import RunningService
 
 # One guarded operation, three ways in: the project's REST endpoint for stock levels, the
@@ -45,7 +45,7 @@ SERVICE, METHOD = "inventory", "get_stock"
 
 @pytest.fixture(scope="module")
 def inventory(nats_server) -> Iterator[RunningService]:
-    running = RunningService(InventoryService, nats_url=nats_server.url).start()
+    running = RunningService(InventoryService, url=nats_server.url).start()
     yield running
     running.stop()
 

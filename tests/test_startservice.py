@@ -152,7 +152,7 @@ def test_scaffold_then_serve_then_test(nats_server, runservice_process):
             timeout=120,
         )
         assert tested.returncode == 0, tested.stdout + tested.stderr
-        assert "2 passed" in tested.stdout
+        assert "3 passed" in tested.stdout
     finally:
         shutil.rmtree(app, ignore_errors=True)
     assert not app.exists()

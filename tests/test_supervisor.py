@@ -17,10 +17,10 @@ from pathlib import Path
 import pytest
 
 from cliffracer_core import call, publish
-from cliffracer_core.connection import connect
-from cliffracer_core.discovery import request_all
-from cliffracer_core.supervisor import backoff_delay, describe_exit, last_error_line
+from cliffracer_core.core.discovery import request_all
+from cliffracer_core.dev.supervisor import backoff_delay, describe_exit, last_error_line
 from cliffracer_core.testing.plugin import database_url, project_root, run_async
+from cliffracer_core.transports import connect
 from tests.test_runservice import send_sleeps
 
 STATUS = re.compile(
@@ -71,9 +71,12 @@ class Managed:
 
     def __init__(self, log_path: Path, arguments: tuple[str, ...], environment: dict[str, str]):
         self.log_path = log_path
-        env = dict(
-            os.environ, DJANGO_SETTINGS_MODULE="tests.settings", PYTHONUNBUFFERED="1", **environment
-        )
+        env = {
+            **os.environ,
+            "DJANGO_SETTINGS_MODULE": "tests.settings",
+            "PYTHONUNBUFFERED": "1",
+            **environment,
+        }
         with open(log_path, "wb") as log:
             self.process = subprocess.Popen(
                 [sys.executable, "manage.py", *arguments],

@@ -1,9 +1,13 @@
 """Timers run periodically inside the service, without overlap or drift piling up."""
 
 import asyncio
+import re
 import time
 
+import pytest
+
 from cliffracer_core import Service, timer
+from cliffracer_core.testing.polling import wait_for
 
 
 def test_timer_runs_periodically(start_service, unique_name):
@@ -70,3 +74,27 @@ def test_failing_timer_keeps_running(start_service, unique_name, caplog):
     assert running.service.calls >= 3
     assert running.runner.timer_failures >= 3
     assert any("timer broke" in str(r.exc_info[1]) for r in caplog.records if r.exc_info)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_quiet_timer_writes_access_lines_for_its_failures_only(runservice_process):
+    process = runservice_process(
+        "testservice", DJANGO_SETTINGS_MODULE="tests.settings", TESTSERVICE_TIMER_SECONDS="0.1"
+    )
+    # Several runs of each: the failing one logs its error and its access line every time.
+    wait_for(lambda: "quiet tick 3" in process.output(), what="three quiet ticks")
+    failure_line = re.compile(r"timer testservice\.quiet_failure 500 internal_error in ")
+    wait_for(lambda: len(failure_line.findall(process.output())) >= 3, what="failure lines")
+    output = process.output()
+    assert "Timer testservice.quiet_failure failed" in output
+    assert "the quiet timer broke" in output
+    assert "testservice.quiet_tick" not in output
+
+
+def test_the_monitor_routine_is_quiet_by_default():
+    from cliffracer_core.contrib.monitor.service import MonitorService
+
+    assert {(timer.attribute, timer.quiet) for timer in MonitorService.timers()} == {
+        ("sample", True),
+        ("prune", True),
+    }

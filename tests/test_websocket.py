@@ -16,17 +16,17 @@ from nats.aio.client import Client as NatsClient
 from rest_framework_simplejwt.tokens import AccessToken
 
 from cliffracer_core import Service, rpc
-from cliffracer_core import client as client_module
-from cliffracer_core.auth.identity import get_caller
-from cliffracer_core.auth.tokens import claims_for_user, mint_system_token
-from cliffracer_core.channels.hub import get_hub
-from cliffracer_core.channels.protocol import (
+from cliffracer_core.contrib.channels.hub import get_hub
+from cliffracer_core.contrib.channels.protocol import (
     CLOSE_BAD_FRAMES,
     CLOSE_NOT_AUTHENTICATED,
 )
-from cliffracer_core.channels.routing import websocket_urlpatterns
-from cliffracer_core.connection import close_connection
-from cliffracer_core.headers import CORRELATION_ID
+from cliffracer_core.contrib.channels.routing import websocket_urlpatterns
+from cliffracer_core.core import client as client_module
+from cliffracer_core.core.auth.identity import get_caller
+from cliffracer_core.core.auth.tokens import claims_for_user, mint_system_token
+from cliffracer_core.core.headers import CORRELATION_ID
+from cliffracer_core.transports import close_transport
 from tests.models import Add, Tagged, Total
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -114,7 +114,7 @@ def run(coroutine: Any) -> Any:
         try:
             return await asyncio.wait_for(coroutine, 30)
         finally:
-            await close_connection()
+            await close_transport()
 
     return asyncio.run(main())
 
@@ -142,8 +142,8 @@ async def closed_with(communicator: WebsocketCommunicator) -> int:
 
 
 async def publish(subject: str, data: Any, correlation_id: str = "c0ffee") -> None:
-    from cliffracer_core.embedded import NatsServer  # noqa: F401  (the URL comes from settings)
-    from cliffracer_core.settings import cliffracer_settings
+    from cliffracer_core.core.settings import cliffracer_settings
+    from cliffracer_core.transports.nats.embedded import NatsServer  # noqa: F401  (the URL comes from settings)
 
     connection = NatsClient()
     await connection.connect(str(cliffracer_settings.NATS_URL))
@@ -450,6 +450,56 @@ def test_calls_carry_the_users_identity_and_map_errors(alice, boss, calculator):
         assert "Traceback" not in json.dumps(reply)
 
 
+def test_a_call_to_a_name_with_a_trailing_newline_is_refused_with_an_error_frame(alice, calculator):
+    token = token_for(alice)
+
+    async def scenario():
+        communicator = await signed_in(token)
+        frames = [
+            {"type": "call", "id": 1, "service": calculator, "method": "add\n", "data": {}},
+            {"type": "call", "id": 2, "service": f"{calculator}\n", "method": "add", "data": {}},
+            {"type": "call", "id": 3, "service": calculator, "method": "add\r\n", "data": {}},
+        ]
+        for frame in frames:
+            await communicator.send_json_to(frame)
+        replies = [await communicator.receive_json_from(timeout=10) for _ in frames]
+        await communicator.disconnect()
+        return {reply["id"]: reply for reply in replies}
+
+    replies = run(scenario())
+    assert replies[1]["error"]["type"] == "unknown_endpoint"
+    assert replies[2]["error"]["type"] == "unknown_service"
+    assert replies[3]["error"]["type"] == "unknown_endpoint"
+    assert {reply["error"]["code"] for reply in replies.values()} == {404}
+
+
+def test_a_call_that_fails_in_an_unexpected_way_is_answered_with_a_500_frame(
+    alice, calculator, settings, caplog
+):
+    # A frame that the socket accepts but NATS refuses (over the server's 1 MB max_payload):
+    # the call's task fails outside the RPC error path, and the client still hears of it.
+    settings.CLIFFRACER = {**settings.CLIFFRACER, "WEBSOCKET": {"MAX_FRAME_BYTES": 4 << 20}}
+    token = token_for(alice)
+
+    async def scenario():
+        communicator = await signed_in(token)
+        call = {"type": "call", "service": calculator, "method": "add"}
+        too_big = {"a": 1, "b": 2, "padding": "x" * (2 << 20)}
+        await communicator.send_json_to({**call, "id": "big", "data": too_big})
+        failed = await communicator.receive_json_from(timeout=10)
+        await communicator.send_json_to({**call, "id": 2, "data": {"a": 1, "b": 2}})
+        after = await communicator.receive_json_from(timeout=10)
+        await communicator.disconnect()
+        return failed, after
+
+    failed, after = run(scenario())
+    assert (failed["type"], failed["id"]) == ("error", "big")
+    assert failed["error"]["code"] == 413
+    assert "Traceback" not in json.dumps(failed)
+    assert after["data"] == {"total": 3}
+    assert "never retrieved" not in caplog.text
+
+
 def test_publish_needs_a_publish_rule(alice, boss):
     token_0 = token_for(alice)
     token_1 = token_for(boss)
@@ -513,12 +563,18 @@ def test_bad_frames_get_error_frames_then_close_4400(alice, settings):
     assert code == CLOSE_BAD_FRAMES
 
 
-def test_a_same_site_session_cookie_authenticates_without_a_frame(alice, client):
+def test_a_same_origin_session_cookie_authenticates_without_a_frame(alice, client):
     client.force_login(alice)
     cookie = f"sessionid={client.cookies['sessionid'].value}".encode()
 
     async def scenario():
-        same_site = await connect([(b"cookie", cookie), (b"origin", b"http://127.0.0.1:8000")])
+        same_site = await connect(
+            [
+                (b"cookie", cookie),
+                (b"origin", b"http://127.0.0.1:8000"),
+                (b"host", b"127.0.0.1:8000"),
+            ]
+        )
         ready = await same_site.receive_json_from(timeout=5)
         await same_site.send_json_to(
             {"type": "subscribe", "id": 1, "subject": f"ws.user.{alice.pk}"}
@@ -526,7 +582,13 @@ def test_a_same_site_session_cookie_authenticates_without_a_frame(alice, client)
         subscribed = await same_site.receive_json_from(timeout=5)
         await same_site.disconnect()
         # From another site's page the cookie counts for nothing: a frame is needed.
-        cross_site = await connect([(b"cookie", cookie), (b"origin", b"https://evil.example")])
+        cross_site = await connect(
+            [
+                (b"cookie", cookie),
+                (b"origin", b"https://evil.example"),
+                (b"host", b"127.0.0.1:8000"),
+            ]
+        )
         silent = await cross_site.receive_nothing(timeout=0.3)
         await cross_site.send_json_to({"type": "subscribe", "id": 1, "subject": "ws.public.x"})
         code = await closed_with(cross_site)
@@ -539,12 +601,83 @@ def test_a_same_site_session_cookie_authenticates_without_a_frame(alice, client)
     assert code == CLOSE_NOT_AUTHENTICATED
 
 
+@pytest.mark.parametrize(
+    ("origin", "host", "same_origin"),
+    [
+        ("http://localhost:8000", "localhost:8000", True),
+        ("http://LOCALHOST:8000", "localhost:8000", True),
+        ("http://localhost", "localhost:80", True),
+        # Another port of the same host is another origin: another app on this machine.
+        ("http://localhost:1234", "localhost:8000", False),
+        ("http://localhost:8000", "localhost", False),
+        # A secure page's origin does not match a plain socket's, nor the other way round.
+        ("https://localhost:8000", "localhost:8000", False),
+        ("https://localhost", "localhost", False),
+        # The Host must be one of ALLOWED_HOSTS, as for any request.
+        ("http://evil.example", "evil.example", False),
+        ("null", "localhost:8000", False),
+        ("http://localhost:8000", None, False),
+    ],
+)
+def test_a_session_cookie_counts_only_from_the_sites_own_origin(
+    alice, client, origin, host, same_origin
+):
+    client.force_login(alice)
+    cookie = f"sessionid={client.cookies['sessionid'].value}".encode()
+    headers = [(b"cookie", cookie), (b"origin", origin.encode())]
+    if host is not None:
+        headers.append((b"host", host.encode()))
+
+    async def scenario():
+        communicator = await connect(headers)
+        if await communicator.receive_nothing(timeout=0.3):
+            await communicator.disconnect()
+            return None
+        ready = await communicator.receive_json_from()
+        await communicator.disconnect()
+        return ready
+
+    ready = run(scenario())
+    assert (ready is not None) == same_origin
+    if same_origin:
+        assert ready["user"]["username"] == "alice"
+
+
+def test_csrf_trusted_origins_are_trusted_for_the_session_cookie(alice, client, settings):
+    settings.CSRF_TRUSTED_ORIGINS = ["https://shop.example", "https://*.admin.example"]
+    client.force_login(alice)
+    cookie = f"sessionid={client.cookies['sessionid'].value}".encode()
+
+    async def ready_from(origin: bytes) -> bool:
+        communicator = await connect(
+            [(b"cookie", cookie), (b"origin", origin), (b"host", b"localhost:8000")]
+        )
+        silent = await communicator.receive_nothing(timeout=0.3)
+        await communicator.disconnect()
+        return not silent
+
+    async def scenario():
+        return [
+            await ready_from(origin)
+            for origin in (
+                b"https://shop.example",
+                b"https://ops.admin.example",
+                b"http://shop.example",
+                b"https://shop.example:8443",
+            )
+        ]
+
+    assert run(scenario()) == [True, True, False, False]
+
+
 def test_a_session_users_calls_carry_a_token_minted_for_them(alice, client, calculator):
     client.force_login(alice)
     cookie = f"sessionid={client.cookies['sessionid'].value}".encode()
 
     async def scenario():
-        communicator = await connect([(b"cookie", cookie), (b"origin", b"http://localhost")])
+        communicator = await connect(
+            [(b"cookie", cookie), (b"origin", b"http://localhost"), (b"host", b"localhost")]
+        )
         await communicator.receive_json_from(timeout=5)
         await communicator.send_json_to(
             {"type": "call", "id": 1, "service": calculator, "method": "whoami", "data": {}}
@@ -564,7 +697,9 @@ def test_an_auth_frame_replaces_the_session_cookies_user(alice, boss, client):
     token = token_for(alice)
 
     async def scenario():
-        communicator = await connect([(b"cookie", cookie), (b"origin", b"http://localhost")])
+        communicator = await connect(
+            [(b"cookie", cookie), (b"origin", b"http://localhost"), (b"host", b"localhost")]
+        )
         as_boss = await communicator.receive_json_from(timeout=5)
         await communicator.send_json_to({"type": "subscribe", "id": 1, "subject": "ws.staff.*"})
         subscribed = await communicator.receive_json_from(timeout=5)
@@ -581,3 +716,87 @@ def test_an_auth_frame_replaces_the_session_cookies_user(alice, boss, client):
     assert subscribed == {"type": "subscribed", "id": 1}
     assert as_alice["user"]["username"] == "alice"
     assert nothing is True
+
+
+def test_a_deleted_users_token_cannot_open_a_socket(alice):
+    token = token_for(alice)
+    alice.delete()
+
+    async def scenario():
+        communicator = await connect()
+        await communicator.send_json_to({"type": "auth", "token": token})
+        return await communicator.receive_output(timeout=5)
+
+    closed = run(scenario())
+    assert (closed["type"], closed["code"]) == ("websocket.close", CLOSE_NOT_AUTHENTICATED)
+    assert "no longer exists" in closed["reason"]
+
+
+@pytest.mark.parametrize("change", ["delete", "deactivate"])
+def test_an_open_socket_closes_when_its_user_is_deleted_or_deactivated(alice, change):
+    from channels.db import database_sync_to_async
+
+    def gone() -> None:
+        # As the admin would: saved, committed, announced to every process.
+        if change == "delete":
+            alice.delete()
+        else:
+            alice.is_active = False
+            alice.save()
+
+    token = token_for(alice)
+
+    async def scenario():
+        communicator = await signed_in(token)
+        started = time.monotonic()
+        await database_sync_to_async(gone)()
+        closed = await communicator.receive_output(timeout=5)
+        return closed, time.monotonic() - started
+
+    closed, seconds = run(scenario())
+    assert (closed["type"], closed["code"]) == ("websocket.close", CLOSE_NOT_AUTHENTICATED)
+    assert seconds < 5  # the announcement, not USER_CHECK_INTERVAL (30 s)
+
+
+def test_an_unannounced_change_closes_the_socket_within_the_check_interval(alice, settings):
+    from channels.db import database_sync_to_async
+
+    settings.CLIFFRACER = {**settings.CLIFFRACER, "USER_CHECK_INTERVAL": 0.5}
+    token = token_for(alice)
+
+    async def scenario():
+        communicator = await signed_in(token)
+        # An UPDATE sends no signal: the socket's own periodic check notices.
+        await database_sync_to_async(
+            lambda: User.objects.filter(pk=alice.pk).update(is_active=False)
+        )()
+        return await communicator.receive_output(timeout=5)
+
+    closed = run(scenario())
+    assert (closed["type"], closed["code"]) == ("websocket.close", CLOSE_NOT_AUTHENTICATED)
+
+
+def test_calls_follow_the_call_policies_of_the_web_process(alice, calculator, settings):
+    """A WebSocket call goes through the same client: its target's breaker opens."""
+    gone = f"{calculator}-gone"
+    policy = {"BREAKER": {"MIN_CALLS": 2, "FAILURE_RATIO": 1.0, "OPEN_SECONDS": 600}}
+    settings.CLIFFRACER = {**settings.CLIFFRACER, "CALLS": {gone: policy}}
+    token = token_for(alice)
+
+    async def scenario():
+        communicator = await signed_in(token)
+        replies = []
+        for number in range(3):
+            await communicator.send_json_to(
+                {"type": "call", "id": number, "service": gone, "method": "add", "data": {}}
+            )
+            replies.append(await communicator.receive_json_from(timeout=10))
+        await communicator.disconnect()
+        return replies
+
+    replies = run(scenario())
+    assert [(reply["error"]["code"], reply["error"]["type"]) for reply in replies] == [
+        (503, "no_responders"),
+        (503, "no_responders"),
+        (503, "circuit_open"),
+    ]

@@ -18,9 +18,13 @@ from nats.aio.client import Client as NatsClient
 from rest_framework_simplejwt.tokens import AccessToken
 from websockets.exceptions import ConnectionClosed
 
-from cliffracer_core.auth.tokens import claims_for_user
-from cliffracer_core.embedded import NatsServer
-from cliffracer_core.headers import CORRELATION_ID
+from cliffracer_core.core.auth.tokens import claims_for_user
+from cliffracer_core.core.headers import CORRELATION_ID
+from cliffracer_core.testing.polling import wait_until
+from cliffracer_core.transports import connect as connect_transport
+from cliffracer_core.transports.nats.embedded import NatsServer
+from tests.amqp_broker import amqp_url  # noqa: F401  (a fixture)
+from tests.redis_broker import prefixed_url
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -309,8 +313,8 @@ def test_the_web_process_resubscribes_after_a_nats_server_restart(
 def test_send_to_user_reaches_the_users_sockets_on_every_web_process(
     web, nats_with_monitoring, django_user_model, monkeypatch
 ):
-    from cliffracer_core.channels.push import send_to_user
-    from cliffracer_core.settings import cliffracer_settings
+    from cliffracer_core.contrib.channels.push import send_to_user
+    from cliffracer_core.core.settings import cliffracer_settings
 
     alice = django_user_model.objects.create_user("alice", password="pw-alice-123")
     bob = django_user_model.objects.create_user("bob", password="pw-bob-123")
@@ -386,3 +390,117 @@ def test_the_web_process_exports_websocket_metrics(web, nats_with_monitoring, al
     assert during[("cliffracer_websocket_frames_out_total", (("kind", "event"),))] == 2
     assert after[("cliffracer_websocket_connections", ())] == 0
     assert after[("cliffracer_websocket_subscriptions", ())] == 0
+
+
+def test_a_session_cookie_counts_only_from_the_sites_own_origin(web, django_user_model, client):
+    server = web("web1")
+    client.force_login(django_user_model.objects.create_user("alice", password="pw-alice-123"))
+    cookie = f"sessionid={client.cookies['sessionid'].value}"
+
+    async def first_frame(origin: str) -> dict[str, Any] | None:
+        # websockets sends the Host the socket is opened on, as a browser does.
+        socket = await websockets.connect(
+            f"{server.ws_url}/ws/events/",
+            origin=origin,
+            additional_headers={"Cookie": cookie},
+            compression=None,
+        )
+        try:
+            return json.loads(await asyncio.wait_for(socket.recv(), 0.5))
+        except TimeoutError:
+            return None
+        finally:
+            await socket.close()
+
+    async def scenario():
+        return (
+            await first_frame(f"http://127.0.0.1:{server.port}"),
+            await first_frame("http://127.0.0.1:1234"),
+            await first_frame(f"https://127.0.0.1:{server.port}"),
+        )
+
+    own, other_port, other_scheme = run(scenario())
+    assert own["type"] == "ready" and own["user"]["username"] == "alice"
+    assert other_port is None
+    assert other_scheme is None
+
+
+def test_close_frames_carry_their_reason(web, alice_token):
+    server = web("web1", MAX_BAD_FRAMES=2)
+
+    async def closed_by(frames: list[str], token: str | None = None) -> Any:
+        socket = await open_socket(server.ws_url, token)
+        for frame in frames:
+            await socket.send(frame)
+        with pytest.raises(ConnectionClosed) as closed:
+            while True:
+                await asyncio.wait_for(socket.recv(), 10)
+        return closed.value.rcvd
+
+    async def scenario():
+        return (
+            await closed_by([json.dumps({"type": "auth", "token": alice_token[:-4] + "AAAA"})]),
+            await closed_by([json.dumps({"type": "ping"})]),
+            await closed_by(["{bad", "{bad"], alice_token),
+        )
+
+    bad_token, not_auth, bad_frames = run(scenario())
+    assert (bad_token.code, bad_token.reason) == (4401, "The access token is not valid.")
+    assert (not_auth.code, not_auth.reason) == (4401, "first frame was not auth")
+    assert (bad_frames.code, bad_frames.reason) == (4400, "too many bad frames")
+
+
+@pytest.fixture(params=["redis", "amqp"])
+def broker_url(request) -> Iterator[str]:
+    """A Redis URL with a key prefix of the test's own, or the session's RabbitMQ vhost."""
+    if request.param == "amqp":
+        yield request.getfixturevalue("amqp_url")
+        return
+    with prefixed_url() as url:
+        yield url
+
+
+def test_events_reach_sockets_on_a_web_process_on_redis_and_rabbitmq(
+    web_process, broker_url, alice_token
+):
+    """The live page's hub subscribes through the transport: on Redis and on RabbitMQ, an
+    event published by another process reaches a socket that subscribed, and only that one."""
+    overrides = {"SUBJECT_RULES": RULES}
+    process = web_process(
+        "web",
+        CLIFFRACER_TRANSPORT_URL=broker_url,
+        DJANGO_SETTINGS_MODULE="tests.websocket_settings",
+        CLIFFRACER_TEST_OVERRIDES=json.dumps(overrides),
+    )
+
+    async def scenario() -> tuple[dict[str, Any], bool]:
+        listening = await open_socket(process.ws_url, alice_token)
+        other = await open_socket(process.ws_url, alice_token)
+        assert (await subscribe(listening, "ws.public.news"))["type"] == "subscribed"
+        assert (await subscribe(other, "ws.public.other"))["type"] == "subscribed"
+        publisher = await connect_transport(broker_url)
+        try:
+            # The hub's subscription is made when the first socket subscribes; publish until
+            # it is in effect (a plain event to nobody is dropped, as on NATS).
+            async def arrived() -> dict[str, Any] | None:
+                await publisher.publish(
+                    "ws.public.news", b'{"headline": "hello"}', headers={CORRELATION_ID: "cafe02"}
+                )
+                with contextlib.suppress(TimeoutError):
+                    return await next_event(listening, timeout=0.5)
+                return None
+
+            event = await wait_until(arrived, timeout=20, what="the event on the socket")
+            with contextlib.suppress(TimeoutError):
+                await next_event(other, timeout=0.5)
+                return event, True
+            return event, False
+        finally:
+            await publisher.close()
+            await listening.close()
+            await other.close()
+
+    event, other_heard = run(scenario())
+    assert (event["subject"], event["data"]) == ("ws.public.news", {"headline": "hello"})
+    assert event["correlation_id"] == "cafe02"
+    assert not other_heard

@@ -16,8 +16,8 @@ from rest_framework.response import Response
 
 from apps.inventory import logic
 from apps.inventory.models import StockItem
-from cliffracer_core.rest.lists import ListApi
-from cliffracer_core.rest.permissions import HasPermissions
+from cliffracer_core.contrib.rest.lists import ListApi
+from cliffracer_core.contrib.rest.permissions import HasPermissions
 
 
 class SkuInFilter(django_filters.BaseInFilter, django_filters.CharFilter):

@@ -54,15 +54,15 @@ class InventoryService(Service):
             items=[stock_level(item) for item in logic.stock_levels(skus=request.skus)]
         )
 
-    @event("orders.paid", durable=True, idempotent=True)
+    @event("orders.paid", durable=True, idempotent=True, from_system=True)
     def on_order_paid(self, order: OrderPaid) -> None:
         logic.stock_commit(order_reference=str(order.order_reference))
 
-    @event("orders.payment_failed", durable=True, idempotent=True)
+    @event("orders.payment_failed", durable=True, idempotent=True, from_system=True)
     def on_order_payment_failed(self, order: OrderPaymentFailed) -> None:
         logic.stock_release(order_reference=str(order.order_reference))
 
-    @event("orders.cancelled", durable=True, idempotent=True)
+    @event("orders.cancelled", durable=True, idempotent=True, from_system=True)
     def on_order_cancelled(self, order: OrderCancelled) -> None:
         # Not paid in time (apps/orders/tasks.py): the goods are available again.
         logic.stock_release(order_reference=str(order.order_reference))

@@ -16,8 +16,8 @@ from rest_framework.response import Response
 
 from apps.notifications import logic
 from apps.notifications.models import Notification
-from cliffracer_core.rest.lists import ListApi
-from cliffracer_core.rest.permissions import HasPermissions
+from cliffracer_core.contrib.rest.lists import ListApi
+from cliffracer_core.contrib.rest.permissions import HasPermissions
 
 
 class NotificationFilter(django_filters.FilterSet):

@@ -6,7 +6,7 @@ from apps.notifications import logic
 from apps.notifications.schemas import CustomerNotifications, ListForCustomer, NotificationOut
 from apps.orders.schemas import OrderEvent
 from cliffracer_core import Forbidden, Service, event, rpc
-from cliffracer_core.channels.rules import SubjectRule
+from cliffracer_core.contrib.channels.rules import SubjectRule
 
 
 class NotificationsService(Service):
@@ -17,8 +17,11 @@ class NotificationsService(Service):
         SubjectRule("notifications.user.{user_id}", subscribe=()),
         SubjectRule("notifications.user.*", subscribe=("notifications.view_all_notifications",)),
     ]
+    # Each notification goes out live on its customer's subject (logic.py); broker
+    # permissions allow this service to publish there (docs/deployment.md#broker-permissions).
+    publishes = ["notifications.user.*"]
 
-    @event("orders.*", durable=True, idempotent=True)
+    @event("orders.*", durable=True, idempotent=True, from_system=True)
     def on_order_event(self, order: OrderEvent) -> None:
         logic.notification_for_order_status(
             order_id=order.order_id,

@@ -23,10 +23,12 @@ from rest_framework.views import APIView
 from apps.orders import logic
 from apps.orders.errors import OrderNotFound
 from apps.orders.models import Order
-from cliffracer_core.rest.auth import calls_as
-from cliffracer_core.rest.lists import ListApi
-from cliffracer_core.rest.permissions import HasPermissions
-from cliffracer_core.rest.schema import RpcErrorSerializer
+from apps.orders.schemas import CreateOrder
+from cliffracer_core.contrib.rest.auth import calls_as
+from cliffracer_core.contrib.rest.contracts import validate_as
+from cliffracer_core.contrib.rest.lists import ListApi
+from cliffracer_core.contrib.rest.permissions import HasPermissions
+from cliffracer_core.contrib.rest.schema import RpcErrorSerializer
 
 
 class OrderLineOutputSerializer(serializers.Serializer):
@@ -163,13 +165,23 @@ class OrderListCreateApi(ListApi):
             raise serializers.ValidationError(
                 {"email": ["Your account has no email address; orders need one."]}
             )
-        data = serializer.validated_data
+        # The body as sent (not as DRF cleaned it) is held to the RPC's contract, so REST
+        # accepts what orders.create_order accepts and nothing more.
+        placing = validate_as(
+            CreateOrder,
+            {
+                "customer_id": user.pk,
+                "customer_email": user.email,
+                "lines": request.data["lines"],
+                "payment_token": request.data["payment_token"],
+            },
+        )
         with calls_as(request):
             order = logic.order_place(
-                customer_id=user.pk,
-                customer_email=user.email,
-                lines=[(line["sku"], line["quantity"]) for line in data["lines"]],
-                payment_token=data["payment_token"],
+                customer_id=placing.customer_id,
+                customer_email=placing.customer_email,
+                lines=[(line.sku, line.quantity) for line in placing.lines],
+                payment_token=placing.payment_token,
             )
         location = reverse("orders:detail", kwargs={"order_id": order.pk})
         return Response(

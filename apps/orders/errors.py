@@ -18,6 +18,11 @@ class OutOfStock(Conflict):
     default_message = "Not enough stock for the order."
 
 
+class PaymentNotConfirmed(Conflict):
+    type = "payment_not_confirmed"
+    default_message = "The payment event does not match what payments recorded."
+
+
 class InventoryUnavailable(Unavailable):
     type = "inventory_unavailable"
     default_message = "Stock could not be reserved; try again later."

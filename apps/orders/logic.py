@@ -1,8 +1,11 @@
 """Orders' business logic: placing an order and following its payment.
 
-Placing an order reserves its stock in inventory first (over NATS) and stores the order only
-when that succeeded, so a refused order leaves nothing behind. Payment outcomes arrive as
-events; each moves a pending order once, and a repeated or late event changes nothing. An
+Placing an order reserves its stock in inventory first (over NATS, as the system identity: the
+service reserves for an order it accepted, not the customer) and stores the order only when
+that succeeded, so a refused order leaves nothing behind. Payment outcomes arrive as events,
+checked against what payments recorded before they count (an event's claims are not trusted
+where they can be checked); each moves a pending order once, and a repeated or late event
+changes nothing. An
 order still unpaid ``ORDERS_PAYMENT_DEADLINE`` after it was placed is cancelled (a periodic
 task), and inventory releases its stock when it hears ``orders.cancelled``.
 """
@@ -27,7 +30,13 @@ from apps.inventory.schemas import (
     StockLine,
     StockReserved,
 )
-from apps.orders.errors import InventoryUnavailable, OrderNotFound, OutOfStock, UnknownSku
+from apps.orders.errors import (
+    InventoryUnavailable,
+    OrderNotFound,
+    OutOfStock,
+    PaymentNotConfirmed,
+    UnknownSku,
+)
 from apps.orders.models import Order, OrderLine
 from apps.orders.schemas import (
     OrderCancelled,
@@ -36,6 +45,7 @@ from apps.orders.schemas import (
     OrderPaid,
     OrderPaymentFailed,
 )
+from apps.payments.schemas import GetPayment, PaymentDetail
 from cliffracer_core import RemoteError, RpcTimeout, ServiceError, call, publish_on_commit
 
 logger = logging.getLogger(__name__)
@@ -64,7 +74,7 @@ def order_place(
         lines=[StockLine(sku=sku, quantity=quantity) for sku, quantity in quantities.items()],
     )
     try:
-        reserved = call("inventory.reserve_stock", request, reply=StockReserved)
+        reserved = call("inventory.reserve_stock", request, reply=StockReserved, as_system=True)
     except RemoteError as error:
         if isinstance(error, RpcTimeout):
             # The reservation may have been made and only the reply lost.
@@ -139,9 +149,42 @@ def order_get(*, order_id: int, customer_id: int | None = None) -> Order:
         raise OrderNotFound(f"No order {order_id}.", details={"order_id": order_id}) from None
 
 
-def order_mark_paid(*, order_id: int) -> Order | None:
-    """Mark a pending order paid and announce ``orders.paid``; None if it was not pending."""
-    return _settle_payment(order_id, Order.Status.PAID, reason="")
+def payment_confirm(*, order_id: int, payment_id: int, status: str) -> PaymentDetail:
+    """What payments recorded for the order, when it is the payment and outcome an event
+    claims; ``PaymentNotConfirmed`` (409) when it is not, or payments took none.
+
+    Call it before a transaction: payments is asked over NATS, and no lock should wait on it.
+    A ``RemoteError`` other than 404 (payments down or slow) is raised as it is, so that a
+    durable handler tries again later.
+    """
+    try:
+        recorded = call(
+            "payments.get_payment",
+            GetPayment(order_id=order_id),
+            reply=PaymentDetail,
+            as_system=True,
+        )
+    except RemoteError as error:
+        if error.code != 404:
+            raise
+        raise PaymentNotConfirmed(
+            f"Payments took no payment for order {order_id}.", details={"order_id": order_id}
+        ) from None
+    if recorded.payment_id != payment_id or recorded.status != status:
+        raise PaymentNotConfirmed(
+            f"Payments recorded payment {recorded.payment_id} ({recorded.status}) for order "
+            f"{order_id}, not payment {payment_id} ({status}).",
+            details={"order_id": order_id, "payment_id": payment_id},
+        )
+    return recorded
+
+
+def order_mark_paid(*, order_id: int, amount: Decimal | None = None) -> Order | None:
+    """Mark a pending order paid and announce ``orders.paid``; None if it was not pending.
+
+    ``amount``, what payments charged, must be the order's total (``PaymentNotConfirmed``).
+    """
+    return _settle_payment(order_id, Order.Status.PAID, reason="", amount=amount)
 
 
 def order_mark_payment_failed(*, order_id: int, reason: str) -> Order | None:
@@ -182,11 +225,18 @@ def order_cancel_unpaid(*, older_than: timedelta | None = None) -> list[Order]:
     return cancelled
 
 
-def _settle_payment(order_id: int, status: Order.Status, *, reason: str) -> Order | None:
+def _settle_payment(
+    order_id: int, status: Order.Status, *, reason: str, amount: Decimal | None = None
+) -> Order | None:
     with transaction.atomic():
         order = Order.objects.select_for_update().filter(pk=order_id).first()
         if order is None:
             raise OrderNotFound(f"No order {order_id}.", details={"order_id": order_id})
+        if amount is not None and amount != order.total:
+            raise PaymentNotConfirmed(
+                f"Payments charged {amount} for order {order_id}, whose total is {order.total}.",
+                details={"order_id": order_id},
+            )
         if order.status != Order.Status.PENDING_PAYMENT:
             if status == Order.Status.PAID and order.status != Order.Status.PAID:
                 # Money was taken for an order that will not ship: someone has to refund it.
@@ -232,15 +282,16 @@ def _inventory_refusal(error: RemoteError) -> ServiceError:
         return UnknownSku(error.message, details=error.details)
     if error.code == 409:
         return OutOfStock(error.message, details=error.details)
-    if error.code in (401, 403):
-        # The caller's own token went to inventory: its verdict is about the caller.
-        return ServiceError.from_remote(error)
     logger.warning("Inventory could not reserve stock: %s", error)
     return InventoryUnavailable(details={"inventory_error": error.as_dict()})
 
 
 def _release_quietly(reference: uuid.UUID) -> None:
     try:
-        call("inventory.release_stock", ReleaseStock(order_reference=str(reference)))
+        call(
+            "inventory.release_stock",
+            ReleaseStock(order_reference=str(reference)),
+            as_system=True,
+        )
     except Exception:
         logger.exception("Could not release the stock reserved for order %s.", reference)

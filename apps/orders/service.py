@@ -12,9 +12,9 @@ from apps.orders.schemas import (
     OrderPlaced,
 )
 from apps.payments.schemas import PaymentCompleted, PaymentFailed
-from cliffracer_core import Forbidden, Service, event, rpc
-from cliffracer_core.auth.identity import Caller
-from cliffracer_core.channels.rules import SubjectRule
+from cliffracer_core import Forbidden, Service, event, processed_once, rpc
+from cliffracer_core.contrib.channels.rules import SubjectRule
+from cliffracer_core.core.auth.identity import Caller
 
 
 class OrdersService(Service):
@@ -26,13 +26,17 @@ class OrdersService(Service):
     # Orders' events are kept in JetStream (docs/durable.md): its listeners' durable handlers
     # get each of them even when they were down when it was published.
     streams = {"ORDERS": {"subjects": ["orders.>"]}}
+    # What placing an order and following its payment calls, as the system identity; broker
+    # permissions allow these and no other (docs/deployment.md#broker-permissions).
+    calls_to = ["inventory.reserve_stock", "inventory.release_stock", "payments.get_payment"]
 
     @rpc(permission="orders.add_order")
     def create_order(self, request: CreateOrder) -> OrderPlaced:
         """Reserve the stock and store the order; its payment is taken asynchronously.
 
         A customer places orders for themselves only; ``orders.place_order_for_others`` lifts
-        that limit. The caller's token travels on to ``inventory.reserve_stock``.
+        that limit. The service reserves the stock as the system identity: holding stock is
+        not something a customer may do on their own.
         """
         if own_customer_id(self.caller, unless="orders.place_order_for_others") not in (
             None,
@@ -61,13 +65,28 @@ class OrdersService(Service):
         customer_id = own_customer_id(self.caller, unless="orders.view_all_orders")
         return order_detail(logic.order_get(order_id=request.order_id, customer_id=customer_id))
 
-    @event("payments.completed", durable=True, idempotent=True)
+    # Payment outcomes come from payments, through its outbox, as the system identity; an
+    # event from anyone else is refused. Its claims are then checked against what payments
+    # recorded, before the transaction (no lock waits on the call), and the order changes once.
+    @event("payments.completed", durable=True, from_system=True)
     def on_payment_completed(self, payment: PaymentCompleted) -> None:
-        logic.order_mark_paid(order_id=payment.order_id)
+        recorded = logic.payment_confirm(
+            order_id=payment.order_id, payment_id=payment.payment_id, status="completed"
+        )
+        with processed_once() as first:
+            if first:
+                logic.order_mark_paid(order_id=payment.order_id, amount=recorded.amount)
 
-    @event("payments.failed", durable=True, idempotent=True)
+    @event("payments.failed", durable=True, from_system=True)
     def on_payment_failed(self, payment: PaymentFailed) -> None:
-        logic.order_mark_payment_failed(order_id=payment.order_id, reason=payment.reason)
+        recorded = logic.payment_confirm(
+            order_id=payment.order_id, payment_id=payment.payment_id, status="failed"
+        )
+        with processed_once() as first:
+            if first:
+                logic.order_mark_payment_failed(
+                    order_id=payment.order_id, reason=recorded.failure_reason
+                )
 
 
 def own_customer_id(caller: Caller | None, *, unless: str) -> int | None:

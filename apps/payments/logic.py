@@ -13,7 +13,7 @@ from django.db import transaction
 
 from apps.payments.models import Payment
 from apps.payments.schemas import PaymentCompleted, PaymentFailed
-from cliffracer_core import publish_on_commit
+from cliffracer_core import NotFound, publish_on_commit
 
 DECLINED_TOKEN_PREFIX = "tok_decline"
 
@@ -47,6 +47,14 @@ def payment_take(
                 failure_reason=reason,
             )
         announce(payment)
+    return payment
+
+
+def payment_get(*, order_id: int) -> Payment:
+    """The payment taken for ``order_id``; ``NotFound`` (404) when none was."""
+    payment = Payment.objects.filter(order_id=order_id).first()
+    if payment is None:
+        raise NotFound(f"No payment for order {order_id}.", type="payment_not_found")
     return payment
 
 

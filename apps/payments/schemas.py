@@ -1,10 +1,10 @@
-"""The payments service's public contract: its events."""
+"""The payments service's public contract: its events, and the RPC that confirms them."""
 
 from __future__ import annotations
 
 from decimal import Decimal
 
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 
 class PaymentCompleted(BaseModel):
@@ -22,3 +22,19 @@ class PaymentFailed(BaseModel):
     order_id: int
     amount: Decimal
     reason: str
+
+
+class GetPayment(BaseModel):
+    """``payments.get_payment``: the payment taken for an order."""
+
+    order_id: int = Field(ge=1)
+
+
+class PaymentDetail(BaseModel):
+    """A payment as payments recorded it: what a listener checks an event's claims against."""
+
+    payment_id: int
+    order_id: int
+    amount: Decimal
+    status: str
+    failure_reason: str

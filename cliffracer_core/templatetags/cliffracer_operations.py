@@ -8,8 +8,12 @@ from typing import Any
 
 from django import template
 from django.utils import timezone
+from django.utils.html import escape
+from django.utils.safestring import SafeString, mark_safe
 
-from cliffracer_core.console import format_duration, format_latency
+from cliffracer_core.core.errors import error_class as class_of_code
+from cliffracer_core.core.settings import cliffracer_settings
+from cliffracer_core.dev.console import format_duration, format_latency
 
 register = template.Library()
 
@@ -44,10 +48,38 @@ def ago(value: datetime | None) -> str:
 
 
 @register.filter
-def duration(seconds: float | None) -> str:
-    return DASH if seconds is None else format_duration(seconds)
+def duration(seconds: Any) -> str:
+    """Seconds as ``3m12s``; a dash for anything that is not a finite number."""
+    if isinstance(seconds, bool) or not isinstance(seconds, int | float):
+        return DASH
+    try:
+        return format_duration(seconds)
+    except (ValueError, OverflowError):  # NaN, infinity
+        return DASH
 
 
 @register.filter
 def pretty_json(value: Any) -> str:
     return json.dumps(value, indent=2, sort_keys=False)
+
+
+@register.filter
+def error_class(code: Any) -> str:
+    """``client`` for a 4xx error code, ``server`` for any other (core.errors.error_class)."""
+    return class_of_code(code) if isinstance(code, int) else ""
+
+
+@register.filter
+def dotted_breaks(value: Any) -> SafeString:
+    """Text that may wrap after each dot (subjects, permissions), so a narrow column breaks
+    ``rpc.inventory.reserve_stock`` between its tokens rather than pushing the table wide."""
+    return mark_safe(escape(value).replace(".", ".<wbr>"))  # noqa: S308  (escaped first)
+
+
+@register.filter
+def trace_url(trace_id: Any) -> str:
+    """The trace viewer's URL of ``trace_id`` (``CLIFFRACER["TRACE_URL"]``), or ""."""
+    template = cliffracer_settings.TRACE_URL
+    if not template or not isinstance(trace_id, str) or not trace_id:
+        return ""
+    return str(template).replace("{trace_id}", trace_id)

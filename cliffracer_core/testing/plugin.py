@@ -6,20 +6,22 @@ Enabled with ``-p cliffracer_core.testing.plugin`` (the project's pytest setting
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+import uuid
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from cliffracer_core.embedded import NatsServer
-from cliffracer_core.service import Service
+from cliffracer_core.core.service import Service
 from cliffracer_core.testing.services import RunningService
+from cliffracer_core.transports.nats.embedded import NatsServer
 
 # The Celery fixtures: a broker of the session's own, a real worker and beat.
 pytest_plugins = ["cliffracer_core.testing.workers"]
@@ -34,7 +36,7 @@ def nats_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NatsServer
     started for every session, before any test: code under test that publishes (an
     ``on_commit`` event, a task) must not reach whatever listens on the default URL.
     """
-    from cliffracer_core.client import close_sync_connection
+    from cliffracer_core.core.client import close_sync_transport
 
     server = NatsServer(store_dir=tmp_path_factory.mktemp("nats"))
     server.start()
@@ -42,11 +44,11 @@ def nats_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NatsServer
     os.environ["NATS_URL"] = server.url
     _reload_settings()
     # A connection opened before (at import, by another plugin) would still point elsewhere.
-    close_sync_connection()
+    close_sync_transport()
     try:
         yield server
     finally:
-        close_sync_connection()
+        close_sync_transport()
         if previous is None:
             os.environ.pop("NATS_URL", None)
         else:
@@ -56,18 +58,49 @@ def nats_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NatsServer
 
 
 def _reload_settings() -> None:
-    from cliffracer_core.settings import cliffracer_settings
+    from cliffracer_core.core.settings import cliffracer_settings
 
     cliffracer_settings.reload()
 
 
 @pytest.fixture
+def memory_transport(monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """Run the test on an in-memory broker of its own (``memory://...``), no nats-server.
+
+    Services started with ``start_service``, and every call and publish the test makes
+    (``call``, ``acall``, ``publish``), go through it: a service's own tests run in
+    milliseconds. It is a real backend held to the transport conformance suite, durable
+    streams, acks, retries and dead letters included. What concerns processes, the wire or
+    a broker stays on a real nats-server (docs/testing.md).
+    """
+    from cliffracer_core.core.client import close_sync_transport
+    from cliffracer_core.transports import URL_VARIABLE
+    from cliffracer_core.transports.memory import drop_broker
+
+    url = f"memory://test-{uuid.uuid4().hex[:12]}"
+    # The sync client may hold a transport to the session's nats-server from earlier.
+    close_sync_transport()
+    monkeypatch.setenv(URL_VARIABLE, url)
+    try:
+        yield url
+    finally:
+        close_sync_transport()
+        drop_broker(url)
+
+
+@pytest.fixture
 def start_service(nats_server: NatsServer) -> Iterator[Callable[..., RunningService]]:
-    """Start a ``Service`` class in-process (its own loop and thread); stopped after the test."""
+    """Start a ``Service`` class in-process (its own loop and thread); stopped after the test.
+
+    It runs on the session's nats-server, or on the test's in-memory broker when the test
+    uses ``memory_transport``.
+    """
+    from cliffracer_core.transports import URL_VARIABLE
+
     running: list[RunningService] = []
 
     def start(service_class: type[Service], **options: Any) -> RunningService:
-        options.setdefault("nats_url", nats_server.url)
+        options.setdefault("url", os.environ.get(URL_VARIABLE) or nats_server.url)
         service = RunningService(service_class, **options).start()
         running.append(service)
         return service
@@ -75,6 +108,20 @@ def start_service(nats_server: NatsServer) -> Iterator[Callable[..., RunningServ
     yield start
     for service in reversed(running):
         service.stop()
+
+
+@pytest.fixture
+def nats_cluster(tmp_path: Path) -> Iterator[Any]:
+    """A three-node nats-server cluster with JetStream (``NatsCluster``), on loopback ports
+    of its own; ``nats_cluster.url`` names all three nodes."""
+    from cliffracer_core.transports.nats.cluster import NatsCluster
+
+    cluster = NatsCluster(tmp_path / "cluster")
+    try:
+        cluster.start()
+        yield cluster
+    finally:
+        cluster.stop()
 
 
 class ChildProcess:
@@ -144,6 +191,63 @@ class ServiceProcess(ChildProcess):
         raise RuntimeError(f"runservice {self.label} did not start:\n{self.output()[-4000:]}")
 
 
+@contextlib.contextmanager
+def nats_environment(**variables: str) -> Iterator[None]:
+    """Set environment variables of this test process's own NATS connections (``NATS_URL``,
+    credentials): the settings are read again and the sync client reconnects; undone after."""
+    from cliffracer_core.core.client import close_sync_transport
+
+    saved = {name: os.environ.get(name) for name in variables}
+    os.environ.update(variables)
+    _reload_settings()
+    close_sync_transport()
+    try:
+        yield
+    finally:
+        close_sync_transport()
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+        _reload_settings()
+
+
+def stop_processes(processes: Sequence[ChildProcess]) -> None:
+    """Stop child processes, the last started first."""
+    for process in reversed(processes):
+        process.stop()
+
+
+def start_service_processes(
+    labels: Sequence[str],
+    *,
+    nats_server: Any,
+    directory: Path,
+    environment: Callable[[str], dict[str, str]] = lambda label: {},
+) -> list[ServiceProcess]:
+    """Start ``manage.py runservice <label>`` for each label at once, on ``nats_server`` (a
+    ``NatsServer`` or anything with its ``url``, such as a ``NatsCluster``), each with the
+    extra ``environment(label)``, without metrics ports; return them once each serves. The
+    caller stops them."""
+    processes = [
+        ServiceProcess(
+            label,
+            log_path=directory / f"{label}.log",
+            arguments=["--metrics-port", "0"],
+            env=child_environment(nats_server, environment(label)),
+        )
+        for label in labels
+    ]
+    try:
+        for process in processes:
+            process.wait_serving()
+    except BaseException:
+        stop_processes(processes)
+        raise
+    return processes
+
+
 def child_environment(nats_server: NatsServer, environment: dict[str, str]) -> dict[str, str]:
     """The environment of a process a test starts: the suite's NATS and database, and extras."""
     env = dict(os.environ)
@@ -206,7 +310,7 @@ class WebProcess(ChildProcess):
     """A daphne process serving the project's ASGI application on a free loopback port."""
 
     def __init__(self, label: str, *, log_path: Path, env: dict[str, str]) -> None:
-        from cliffracer_core.embedded import free_port
+        from cliffracer_core.transports.nats.embedded import free_port
 
         self.port = free_port("127.0.0.1")
         command = [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(self.port)]
@@ -258,12 +362,46 @@ def web_process(nats_server: NatsServer, tmp_path: Path) -> Iterator[Callable[..
 
 def run_async(coroutine: Any) -> Any:
     """Run ``coroutine`` on a fresh loop, closing that loop's shared NATS connection after."""
-    from cliffracer_core.connection import close_connection
+    from cliffracer_core.transports import close_transport
 
     async def main() -> Any:
         try:
             return await coroutine
         finally:
-            await close_connection()
+            await close_transport()
 
     return asyncio.run(main())
+
+
+# Fixtures through which a test reaches the database (pytest-django's, and what needs them).
+DATABASE_FIXTURES = frozenset(
+    {
+        "db",
+        "transactional_db",
+        "django_db_reset_sequences",
+        "django_db_serialized_rollback",
+        "live_server",
+        "admin_user",
+        "admin_client",
+        "django_user_model",
+    }
+)
+
+
+def uses_database(item: pytest.Item) -> bool:
+    """Whether ``item`` reaches the database: a ``django_db`` mark or a fixture that does."""
+    if item.get_closest_marker("django_db") is not None:
+        return True
+    return bool(DATABASE_FIXTURES & set(getattr(item, "fixturenames", ())))
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    # CLIFFRACER_TESTS=database keeps the tests that reach the database: CI runs them again
+    # on PostgreSQL, where the others would only repeat what the SQLite run showed.
+    if os.environ.get("CLIFFRACER_TESTS") != "database":
+        return
+    kept = [item for item in items if uses_database(item)]
+    deselected = [item for item in items if not uses_database(item)]
+    if deselected:
+        config.hook.pytest_deselected(items=deselected)
+        items[:] = kept

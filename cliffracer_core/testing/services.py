@@ -6,8 +6,8 @@ import asyncio
 import threading
 from typing import Any
 
-from cliffracer_core.runner import ServiceRunner
-from cliffracer_core.service import Service
+from cliffracer_core.core.runner import ServiceRunner
+from cliffracer_core.core.service import Service
 
 
 class RunningService:

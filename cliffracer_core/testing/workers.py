@@ -22,11 +22,11 @@ from typing import Any
 import pytest
 from celery import current_app, signals
 
-from cliffracer_core.embedded import NatsServer
-from cliffracer_core.jobs.broker import broker_transport_options
+from cliffracer_core.contrib.jobs.broker import broker_transport_options
 from cliffracer_core.testing.plugin import ChildProcess, child_environment
+from cliffracer_core.transports.nats.embedded import NatsServer
 
-# What the worker and beat log once they answer ADR-32 discovery (cliffracer_core.jobs).
+# What the worker and beat log once they answer ADR-32 discovery (cliffracer_core.contrib.jobs).
 READY_MARKER = "answers $SRV.PING"
 # The environment variables the broker fixture sets (and restores).
 BROKER_VARIABLES = ("CELERY_BROKER_URL", "CELERY_TASK_DEFAULT_QUEUE")

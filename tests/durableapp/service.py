@@ -12,7 +12,7 @@ from pathlib import Path
 from pydantic import BaseModel
 
 from cliffracer_core import Service, event, get_message_id, processed_once
-from cliffracer_core.durable.idempotency import current_delivery
+from cliffracer_core.contrib.durable.idempotency import current_delivery
 from tests.durableapp.models import SideEffect
 
 logger = logging.getLogger("durabletest")
@@ -52,3 +52,9 @@ class DurableTestService(Service):
             delivery=delivery.attempt if delivery else 0,
         )
         assert get_message_id()
+
+    # Events published without a Nats-Msg-Id (any plain JetStream client): their key is the
+    # stream's incarnation and sequence (tests/test_stream_incarnations.py).
+    @event("durabletest.ledger", durable=True, idempotent=True)
+    def on_ledger(self, work: Work) -> None:
+        SideEffect.objects.create(handler="ledger", event_id=work.id)

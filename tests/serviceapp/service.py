@@ -1,15 +1,21 @@
 """A service for the framework's process-level tests (runservice, shutdown, reconnect, supervisor).
 
 ``TESTSERVICE_CRASH_IF_EXISTS=<path>`` makes the service crash at start while that file exists.
+``TESTSERVICE_TIMER_SECONDS=<seconds>`` runs its quiet timers that often (else once a day).
 """
 
 import asyncio
+import logging
 import os
 from pathlib import Path
 
 from pydantic import BaseModel
 
-from cliffracer_core import Service, rpc
+from cliffracer_core import Service, ServiceError, rpc, timer
+
+logger = logging.getLogger(__name__)
+# The quiet timers' interval: a day unless a test asks, so that other tests never see them run.
+TIMER_SECONDS = float(os.environ.get("TESTSERVICE_TIMER_SECONDS") or 86400)
 
 
 class Sleep(BaseModel):
@@ -35,6 +41,11 @@ class InFlight(BaseModel):
     count: int
 
 
+class Refusal(BaseModel):
+    code: int = 409
+    type: str = "refused"
+
+
 class Crash(BaseModel):
     exit_code: int = 3
 
@@ -47,6 +58,7 @@ class TestService(Service):
 
     def __init__(self) -> None:
         self.sleeping = 0
+        self.quiet_runs = 0
 
     def on_start(self) -> None:
         marker = os.environ.get("TESTSERVICE_CRASH_IF_EXISTS")
@@ -76,6 +88,21 @@ class TestService(Service):
     async def echo(self, request: Text) -> Text:
         return request
 
+    @rpc(public=True)
+    async def refuse(self, request: Refusal) -> Text:
+        """Fail on purpose with the code asked for (the load tests count errors by code)."""
+        raise ServiceError("Refused on purpose.", code=request.code, type=request.type)
+
     @rpc
     def crash(self, request: Crash) -> None:
         os._exit(request.exit_code)
+
+    # Quiet timers: a run that goes well writes no access line, one that fails does.
+    @timer(seconds=TIMER_SECONDS, quiet=True)
+    async def quiet_tick(self) -> None:
+        self.quiet_runs += 1
+        logger.info("quiet tick %d", self.quiet_runs)
+
+    @timer(seconds=TIMER_SECONDS, quiet=True)
+    async def quiet_failure(self) -> None:
+        raise RuntimeError("the quiet timer broke")

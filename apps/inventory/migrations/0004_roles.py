@@ -7,7 +7,7 @@ a migration is history and must keep doing what it did. docs/rest.md has the who
 
 from django.db import migrations
 
-from cliffracer_core.roles import role_grants
+from cliffracer_core.contrib.rest.roles import role_grants
 
 APP_LABEL = "inventory"
 

@@ -9,8 +9,8 @@ from django.db import transaction
 
 from apps.notifications import logic
 from apps.notifications.models import Notification
-from cliffracer_core.context import message_context
-from cliffracer_core.headers import CORRELATION_ID
+from cliffracer_core.core.context import message_context
+from cliffracer_core.core.headers import CORRELATION_ID
 
 TASK = "apps.notifications.tasks.send_notification_email"
 TIMEOUT = 30.0

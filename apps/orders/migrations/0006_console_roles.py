@@ -7,7 +7,7 @@ the example's. Written out, not imported: a migration is history.
 
 from django.db import migrations
 
-from cliffracer_core.roles import role_grants
+from cliffracer_core.contrib.rest.roles import role_grants
 
 APP_LABEL = "cliffracer_core"
 

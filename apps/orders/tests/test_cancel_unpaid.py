@@ -19,6 +19,7 @@ from apps.orders import logic
 from apps.orders.models import Order
 from apps.orders.schemas import OrderCancelled
 from cliffracer_core import call
+from cliffracer_core.testing.polling import wait_for
 
 schedule_migration = importlib.import_module("apps.orders.migrations.0005_cancel_unpaid_schedule")
 
@@ -147,5 +148,10 @@ def test_an_unpaid_order_is_cancelled_by_beat_and_its_stock_comes_back(
         time.sleep(0.1)
     # Released through the normal event: inventory heard orders.cancelled.
     assert set(Reservation.objects.values_list("status", flat=True)) == {"released"}
-    assert "event ok on orders.cancelled by inventory.on_order_cancelled" in inventory.output()
+    # Access lines are written in batches, a little after the work they describe.
+    heard = "event ok on orders.cancelled by inventory.on_order_cancelled"
+    wait_for(
+        lambda: heard in inventory.output(),
+        what="inventory's access line for orders.cancelled",
+    )
     assert "apps.orders.tasks.cancel_unpaid_orders" in worker.output()

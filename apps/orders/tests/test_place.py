@@ -1,4 +1,4 @@
-"""``order_place`` against the inventory service, running in-process on a real NATS server."""
+"""``order_place`` against the inventory service, running in-process on the memory transport."""
 
 import time
 from decimal import Decimal
@@ -14,7 +14,11 @@ from apps.orders.models import Order
 from apps.orders.schemas import OrderCreated
 from cliffracer_core import Service, event
 
-pytestmark = pytest.mark.django_db(transaction=True)
+pytestmark = [
+    pytest.mark.django_db(transaction=True),
+    # In-process services on an in-memory broker: no nats-server (docs/testing.md).
+    pytest.mark.usefixtures("memory_transport"),
+]
 
 received: list[OrderCreated] = []
 

@@ -8,10 +8,14 @@ from apps.inventory.service import InventoryService
 from apps.orders.models import Order
 from apps.orders.service import OrdersService
 from cliffracer_core import PermissionDenied, call
-from cliffracer_core.errors import RemoteNotFound
-from cliffracer_core.rest.auth import TokenObtainPairSerializer
+from cliffracer_core.contrib.rest.auth import TokenObtainPairSerializer
+from cliffracer_core.core.errors import RemoteNotFound
 
-pytestmark = pytest.mark.django_db(transaction=True)
+pytestmark = [
+    pytest.mark.django_db(transaction=True),
+    # In-process services on an in-memory broker: no nats-server (docs/testing.md).
+    pytest.mark.usefixtures("memory_transport"),
+]
 
 CUSTOMER = ("orders.add_order", "orders.view_order", "inventory.reserve_stock")
 

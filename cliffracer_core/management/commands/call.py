@@ -12,8 +12,11 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from cliffracer_core.client import call, close_sync_connection, rpc_subject
-from cliffracer_core.console import (
+from cliffracer_core.core.client import call, close_sync_transport, rpc_subject
+from cliffracer_core.core.context import new_correlation_id
+from cliffracer_core.core.errors import RemoteError
+from cliffracer_core.core.headers import CORRELATION_ID
+from cliffracer_core.dev.console import (
     FAILURE,
     USAGE_ERROR,
     add_header_argument,
@@ -24,10 +27,8 @@ from cliffracer_core.console import (
     parse_json,
     pretty_json,
     quiet_connection_logs,
+    use_running_system,
 )
-from cliffracer_core.context import new_correlation_id
-from cliffracer_core.errors import RemoteError
-from cliffracer_core.headers import CORRELATION_ID
 
 
 class Command(BaseCommand):
@@ -66,6 +67,7 @@ class Command(BaseCommand):
         headers.setdefault(CORRELATION_ID, new_correlation_id())
 
         quiet_connection_logs(options["verbosity"])
+        use_running_system(options["nats_url"], self.stderr)
         open_sync_connection(options["nats_url"], role="cli:call")
         self.stderr.write(f"correlation id: {headers[CORRELATION_ID]}")
         try:
@@ -74,7 +76,7 @@ class Command(BaseCommand):
             self.write_error(error)
             sys.exit(FAILURE)
         finally:
-            close_sync_connection()
+            close_sync_transport()
         self.stdout.write(pretty_json(reply))
 
     def write_error(self, error: RemoteError) -> None:

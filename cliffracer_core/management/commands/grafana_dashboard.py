@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
-from django.core.management.base import BaseCommand, CommandError, CommandParser
+from django.core.management.base import BaseCommand, CommandParser
 
-from cliffracer_core.apps import service_app_configs
-from cliffracer_core.console import USAGE_ERROR
-from cliffracer_core.files import replace_atomically
-from cliffracer_core.metrics.grafana import dashboard, render, services_from_classes
+from cliffracer_core.contrib.metrics.grafana import dashboard, render, services_from_classes
+from cliffracer_core.core.apps import service_app_configs
+from cliffracer_core.dev.console import write_output
 
 
 class Command(BaseCommand):
@@ -36,14 +34,5 @@ class Command(BaseCommand):
         content = render(
             dashboard(services_from_classes(classes), title=options["title"], uid=options["uid"])
         )
-        if not options["output"]:
-            self.stdout.write(content, ending="")
-            return
-        output = Path(options["output"])
-        if not output.parent.is_dir():
-            raise CommandError(
-                f"--output: no directory {str(output.parent)!r}.", returncode=USAGE_ERROR
-            )
-        replace_atomically(output, content)
-        if options["verbosity"] >= 1:
-            self.stdout.write(f"Dashboard for {len(classes)} services in {output}.")
+        if write_output(self, content, options["output"]) and options["verbosity"] >= 1:
+            self.stdout.write(f"Dashboard for {len(classes)} services in {options['output']}.")

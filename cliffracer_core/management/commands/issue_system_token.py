@@ -11,7 +11,7 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from cliffracer_core.auth.tokens import jwt_settings, mint_system_token
+from cliffracer_core.core.auth.tokens import jwt_settings, mint_system_token
 
 
 class Command(BaseCommand):

@@ -13,10 +13,9 @@ import signal
 from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
-from nats.aio.msg import Msg
 
-from cliffracer_core.connection import connect, redact
-from cliffracer_core.console import (
+from cliffracer_core.core.headers import CORRELATION_ID
+from cliffracer_core.dev.console import (
     USAGE_ERROR,
     add_nats_url_argument,
     check_subject,
@@ -24,8 +23,10 @@ from cliffracer_core.console import (
     nats_url,
     now_iso,
     quiet_connection_logs,
+    use_running_system,
 )
-from cliffracer_core.headers import CORRELATION_ID
+from cliffracer_core.transports import connect, redact
+from cliffracer_core.transports.base import Message as Msg
 
 
 class Command(BaseCommand):
@@ -54,6 +55,7 @@ class Command(BaseCommand):
         if options["count"] is not None and options["count"] < 1:
             raise CommandError("--count must be at least 1.", returncode=USAGE_ERROR)
         quiet_connection_logs(options["verbosity"])
+        use_running_system(options["nats_url"], self.stderr)
         asyncio.run(
             self.listen(
                 url=nats_url(options["nats_url"]),
@@ -71,7 +73,7 @@ class Command(BaseCommand):
         loop = asyncio.get_running_loop()
         for signal_number in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(signal_number, stop.set)
-        # A listener is long-running, like a service: it waits for NATS and reconnects.
+        # A listener is long-running, like a service: it reconnects.
         connection = await connect(url, role="cli:listen")
         printed = 0
 
@@ -86,7 +88,7 @@ class Command(BaseCommand):
                 stop.set()
 
         try:
-            await connection.subscribe(pattern, queue=queue, cb=on_message)
+            await connection.subscribe(pattern, on_message, queue=queue)
             await connection.flush()
             group = f" in queue group {queue}" if queue else ""
             self.stderr.write(f"listening on {pattern}{group} at {redact(url)}; Ctrl-C stops.")

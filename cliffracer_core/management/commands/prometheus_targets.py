@@ -15,18 +15,18 @@ from pathlib import Path
 from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
-from nats.aio.client import Client as NatsClient
 
-from cliffracer_core.console import (
+from cliffracer_core.contrib.metrics.targets import render, scrape_targets
+from cliffracer_core.core.discovery import request_all
+from cliffracer_core.core.files import replace_atomically
+from cliffracer_core.dev.console import (
     USAGE_ERROR,
     add_nats_url_argument,
     connect_once,
     nats_url,
     quiet_connection_logs,
 )
-from cliffracer_core.discovery import request_all
-from cliffracer_core.files import replace_atomically
-from cliffracer_core.metrics.targets import render, scrape_targets
+from cliffracer_core.transports.base import Transport
 
 
 class Command(BaseCommand):
@@ -91,7 +91,7 @@ class Command(BaseCommand):
         loop = asyncio.get_running_loop()
         for signal_number in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(signal_number, stop.set)
-        connection: NatsClient | None = await connect_once(url, role="cli:prometheus_targets")
+        connection: Transport | None = await connect_once(url, role="cli:prometheus_targets")
         written: str | None = None
         try:
             while not stop.is_set():

@@ -7,8 +7,10 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandParser
 
-from cliffracer_core.client import close_sync_connection, publish
-from cliffracer_core.console import (
+from cliffracer_core.core.client import close_sync_transport, publish
+from cliffracer_core.core.context import new_correlation_id
+from cliffracer_core.core.headers import CORRELATION_ID
+from cliffracer_core.dev.console import (
     add_header_argument,
     add_nats_url_argument,
     check_subject,
@@ -16,9 +18,8 @@ from cliffracer_core.console import (
     parse_headers,
     parse_json,
     quiet_connection_logs,
+    use_running_system,
 )
-from cliffracer_core.context import new_correlation_id
-from cliffracer_core.headers import CORRELATION_ID
 
 
 class Command(BaseCommand):
@@ -39,10 +40,11 @@ class Command(BaseCommand):
         headers.setdefault(CORRELATION_ID, new_correlation_id())
 
         quiet_connection_logs(options["verbosity"])
+        use_running_system(options["nats_url"], self.stderr)
         open_sync_connection(options["nats_url"], role="cli:publish")
         self.stderr.write(f"correlation id: {headers[CORRELATION_ID]}")
         try:
             publish(subject, data, headers=headers)
         finally:
             # Draining flushes the event to the server before the process exits.
-            close_sync_connection()
+            close_sync_transport()

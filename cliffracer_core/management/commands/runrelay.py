@@ -14,15 +14,15 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandParser
 
-from cliffracer_core.connection import connect, redact
-from cliffracer_core.console import add_nats_url_argument, nats_url
-from cliffracer_core.durable.relay import OutboxRelay
+from cliffracer_core.contrib.durable.relay import OutboxRelay
+from cliffracer_core.dev.console import add_nats_url_argument, nats_url
+from cliffracer_core.transports import connect, redact
 
 logger = logging.getLogger("cliffracer.durable.relay")
 
 
 class Command(BaseCommand):
-    help = "Publish committed outbox events (publish_on_commit) to JetStream until stopped."
+    help = "Publish committed outbox events (publish_on_commit) to their streams until stopped."
     requires_system_checks: list[str] = []
 
     def add_arguments(self, parser: CommandParser) -> None:

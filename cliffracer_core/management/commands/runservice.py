@@ -12,14 +12,18 @@ from django.apps import apps
 from django.core.exceptions import ImproperlyConfigured
 from django.core.management.base import BaseCommand, CommandParser
 
-from cliffracer_core.apps import ServiceAppConfig
-from cliffracer_core.context import set_process_role
-from cliffracer_core.inspection import InspectionRefused, check_options, start_inspection
-from cliffracer_core.metrics.exporter import MetricsServer, parse_ports, start_exporter
-from cliffracer_core.metrics.registry import collector
-from cliffracer_core.reload import is_reloader_child, run_with_reloader
-from cliffracer_core.runner import ServiceRunner
-from cliffracer_core.settings import cliffracer_settings
+from cliffracer_core.contrib.metrics.backends.base import MetricsExporter, make_exporters
+from cliffracer_core.contrib.metrics.exporter import MetricsServer, parse_ports, start_exporter
+from cliffracer_core.contrib.metrics.registry import collector
+from cliffracer_core.core import tracing
+from cliffracer_core.core.apps import ServiceAppConfig
+from cliffracer_core.core.context import set_process_role
+from cliffracer_core.core.errors import TransportRefused
+from cliffracer_core.core.runner import ServiceRunner
+from cliffracer_core.core.settings import cliffracer_settings
+from cliffracer_core.dev.console import use_running_system
+from cliffracer_core.dev.inspection import InspectionRefused, check_options, start_inspection
+from cliffracer_core.dev.reload import is_reloader_child, run_with_reloader
 
 logger = logging.getLogger("cliffracer.runservice")
 
@@ -118,6 +122,8 @@ class Command(BaseCommand):
             except InspectionRefused as error:
                 self.stderr.write(f"runservice: {error}")
                 sys.exit(2)
+        # Started by hand in a second terminal, it joins the system `make run` runs.
+        use_running_system(options["nats_url"], self.stderr)
         if options["reload"] and not is_reloader_child():
             # This process only watches the code; a child without --reload serves.
             sys.exit(
@@ -130,11 +136,18 @@ class Command(BaseCommand):
         try:
             runner = ServiceRunner(
                 config.service_class,
-                nats_url=options["nats_url"] or str(cliffracer_settings.NATS_URL),
+                url=options["nats_url"],
                 concurrency=concurrency,
                 grace_period=options["grace_period"],
             )
         except ImproperlyConfigured as error:  # e.g. a durable handler that no stream covers
+            self.stderr.write(f"runservice: {error}")
+            sys.exit(2)
+        if tracing.configure(runner.name):
+            runner.enable_tracing()
+        try:
+            pushers = make_exporters(cliffracer_settings.METRICS_EXPORTERS)
+        except ImproperlyConfigured as error:
             self.stderr.write(f"runservice: {error}")
             sys.exit(2)
         set_process_role("service")
@@ -150,9 +163,17 @@ class Command(BaseCommand):
                     self.stderr.write(f"runservice: cannot serve metrics: {error}.")
                     sys.exit(2)
                 logger.warning("Service %s serves no metrics: %s.", runner.name, error)
+        start_pushing(runner, pushers)
         try:
             asyncio.run(serve(runner, inspection=inspection))
+        except (TransportRefused, ImproperlyConfigured) as error:
+            # Wrong or missing credentials: retrying would not help, so say why and stop.
+            self.stderr.write(f"runservice: {getattr(error, 'message', error)}")
+            sys.exit(2)
         finally:
+            for pusher in pushers:
+                pusher.stop()
+            tracing.shutdown()
             if exporter is not None:
                 exporter.close()
 
@@ -165,11 +186,19 @@ def start_metrics(runner: ServiceRunner, ports: range) -> MetricsServer:
         host=str(cliffracer_settings.METRICS_HOST),
         advertised_host=cliffracer_settings.METRICS_ADVERTISED_HOST,
     )
-    collector.track(runner.metrics)
     # Set before the runner starts, so that its first PING or INFO reply carries it.
     runner.metadata["metrics"] = exporter.url
     logger.info("Service %s: Prometheus metrics at %s.", runner.name, exporter.url)
     return exporter
+
+
+def start_pushing(runner: ServiceRunner, pushers: list[MetricsExporter]) -> None:
+    """Track the runner's figures (the one source of the Prometheus port and every push
+    exporter) and start the push exporters' threads."""
+    collector.track(runner.metrics)
+    for pusher in pushers:
+        pusher.start(collector.services)
+        logger.info("Service %s: pushing metrics with %s.", runner.name, pusher.name)
 
 
 async def serve(runner: ServiceRunner, *, inspection: tuple[str, int] | None = None) -> None:

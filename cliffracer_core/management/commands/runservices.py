@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import sys
+from functools import partial
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -12,17 +13,20 @@ from django.apps import apps
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandParser
 
-from cliffracer_core.apps import ServiceAppConfig, service_app_configs
-from cliffracer_core.reload import code_changes, watched_directories
-from cliffracer_core.settings import cliffracer_settings
-from cliffracer_core.supervisor import Supervisor
+from cliffracer_core.core.apps import ServiceAppConfig
+from cliffracer_core.core.settings import cliffracer_settings
+from cliffracer_core.dev.console import use_running_system
+from cliffracer_core.dev.reload import watched_directories
+from cliffracer_core.dev.service_apps import app_reloads, list_service_apps, service_apps
+from cliffracer_core.dev.supervisor import Supervisor
 
 
 class Command(BaseCommand):
     help = (
         "Run several services, each instance as its own `runservice` process, restarting crashed "
         "ones with backoff. Names are app labels, optionally with a count (orders=3); none means "
-        "every service app. SIGTERM or SIGINT drains every instance and exits 0."
+        "every service app (with --reload, also those added or removed while it runs). SIGTERM "
+        "or SIGINT drains every instance and exits 0."
     )
 
     requires_system_checks: list[str] = []
@@ -74,8 +78,9 @@ class Command(BaseCommand):
         parser.add_argument(
             "--reload",
             action="store_true",
-            help="Restart every instance (draining it first) when the project's Python code "
-            "changes.",
+            help="Restart the instances a change of the project's Python code concerns "
+            "(draining them first); without app labels, also start and stop the services of "
+            "service apps added or removed.",
         )
         parser.add_argument(
             "--reload-dir",
@@ -83,14 +88,26 @@ class Command(BaseCommand):
             metavar="DIRECTORY",
             help="Directory watched by --reload (default: BASE_DIR); may be repeated.",
         )
+        parser.add_argument(
+            "--list",
+            action="store_true",
+            help="Print the service apps run when none is named, one JSON object a line "
+            "(label, package, path), and exit.",
+        )
 
     def handle(self, *args: Any, **options: Any) -> None:
+        if options["list"]:
+            for app in service_apps():
+                self.stdout.write(app.as_json())
+            return
+        # Started by hand in a second terminal, it joins the system `make run` runs.
+        use_running_system(options["nats_url"], self.stderr)
         for name in ("concurrency", "instances"):
             if options[name] is not None and options[name] < 1:
                 self.fail(f"--{name} must be at least 1.")
         if options["max_restarts"] < 0:
             self.fail("--max-restarts must be 0 or more.")
-        services = self.services(options["services"], options["instances"])
+        services = self.services(options["services"], options["instances"], options["reload"])
         passed_on: list[str] = []
         for name in ("nats_url", "concurrency", "grace_period"):
             if options[name] is not None:
@@ -98,17 +115,32 @@ class Command(BaseCommand):
         manage = str(Path(settings.BASE_DIR) / "manage.py")
         grace_period = options["grace_period"]
         directories = watched_directories(options["reload_dir"])
+        environment = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        # Named services are the ones to run; without names, the service apps of the moment.
+        listing = None
+        if not options["services"]:
+            listing = partial(
+                list_service_apps,
+                Path(manage),
+                environment=environment,
+                directory=Path(settings.BASE_DIR),
+            )
         supervisor = Supervisor(
             services,
             command=lambda label: [sys.executable, manage, "runservice", label, *passed_on],
-            environment={**os.environ, "PYTHONUNBUFFERED": "1"},
+            environment=environment,
             directory=Path(settings.BASE_DIR),
             grace_period=cliffracer_settings.GRACE_PERIOD if grace_period is None else grace_period,
             max_restarts=options["max_restarts"],
             backoff=options["backoff"],
             max_backoff=options["max_backoff"],
             status_interval=options["status_interval"],
-            changes=(lambda stop: code_changes(directories, stop)) if options["reload"] else None,
+            changes=(
+                (lambda stop: app_reloads(directories, stop, apps=service_apps(), listing=listing))
+                if options["reload"]
+                else None
+            ),
+            instances=options["instances"],
             stdout=self.stdout,  # type: ignore[arg-type]
             stderr=self.stderr,  # type: ignore[arg-type]
         )
@@ -116,13 +148,14 @@ class Command(BaseCommand):
         self.stderr.style_func = None
         sys.exit(asyncio.run(supervisor.run()))
 
-    def services(self, names: list[str], instances: int) -> list[tuple[str, int]]:
+    def services(self, names: list[str], instances: int, reload: bool) -> list[tuple[str, int]]:
         """Turn ``orders=2 inventory`` into ``[("orders", 2), ("inventory", instances)]``."""
         if not names:
-            configs = [config for config in service_app_configs() if config.service_class]
-            if not configs:
+            labels = [app.label for app in service_apps()]
+            # With reload, a service app added later is started: none yet is no mistake.
+            if not labels and not reload:
                 self.fail("no service apps are installed.")
-            return [(config.label, instances) for config in configs]
+            return [(label, instances) for label in labels]
         services: dict[str, int] = {}
         for name in names:
             label, _, count = name.partition("=")

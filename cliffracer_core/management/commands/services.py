@@ -16,10 +16,9 @@ from datetime import UTC, datetime
 from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
-from nats.aio.client import Client as NatsClient
 
-from cliffracer_core.connection import redact
-from cliffracer_core.console import (
+from cliffracer_core.core.discovery import parse_time, request_all
+from cliffracer_core.dev.console import (
     USAGE_ERROR,
     add_nats_url_argument,
     compact_json,
@@ -28,11 +27,12 @@ from cliffracer_core.console import (
     format_latency,
     format_table,
     nats_url,
-    parse_time,
     pretty_json,
     quiet_connection_logs,
+    use_running_system,
 )
-from cliffracer_core.discovery import request_all
+from cliffracer_core.transports import redact
+from cliffracer_core.transports.base import Transport
 
 VERBS = ("ping", "info", "stats")
 CLEAR_SCREEN = "\x1b[H\x1b[2J"
@@ -73,6 +73,7 @@ class Command(BaseCommand):
         if options["watch"] is not None and options["watch"] <= 0:
             raise CommandError("--watch must be more than 0 seconds.", returncode=USAGE_ERROR)
         quiet_connection_logs(options["verbosity"])
+        use_running_system(options["nats_url"], self.stderr)
         asyncio.run(
             self.run(
                 url=nats_url(options["nats_url"]),
@@ -90,11 +91,11 @@ class Command(BaseCommand):
         loop = asyncio.get_running_loop()
         for signal_number in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(signal_number, stop.set)
-        connection: NatsClient | None = await connect_once(url, role="cli:services")
+        connection: Transport | None = await connect_once(url, role="cli:services")
         try:
             while True:
                 started = loop.time()
-                # NATS went away while watching: try to connect again on each refresh.
+                # The system went away while watching: try to connect again on each refresh.
                 if connection is None or connection.is_closed:
                     try:
                         connection = await connect_once(url, role="cli:services")
@@ -133,7 +134,7 @@ class Command(BaseCommand):
         self.stdout.flush()
 
 
-async def gather(connection: NatsClient, wait: float) -> dict[str, list[dict[str, Any]]]:
+async def gather(connection: Transport, wait: float) -> dict[str, list[dict[str, Any]]]:
     """Ask every instance for PING, INFO and STATS at once and collect for ``wait`` seconds."""
     replies = await asyncio.gather(
         *(request_all(connection, verb.upper(), timeout=wait) for verb in VERBS)

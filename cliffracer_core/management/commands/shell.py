@@ -15,13 +15,13 @@ from typing import Any
 
 from django.core.management.commands import shell
 
-from cliffracer_core.client import close_sync_connection
-from cliffracer_core.console import quiet_connection_logs
+from cliffracer_core.core.client import close_sync_transport
+from cliffracer_core.dev.console import quiet_connection_logs, use_running_system
 
 AUTO_IMPORTS = [
     "cliffracer_core.call",
     "cliffracer_core.publish",
-    "cliffracer_core.proxy.services",
+    "cliffracer_core.dev.proxy.services",
 ]
 
 
@@ -39,8 +39,9 @@ class Command(shell.Command):
 
     def handle(self, **options: Any) -> Any:
         quiet_connection_logs(options["verbosity"])
+        use_running_system(None, self.stderr)
         try:
             return super().handle(**options)
         finally:
             # Deliver what the session published before the process exits.
-            close_sync_connection()
+            close_sync_transport()

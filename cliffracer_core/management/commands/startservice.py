@@ -1,6 +1,6 @@
 """``manage.py startservice <name>``: scaffold a working service app under ``apps/``.
 
-The files come from ``cliffracer_core/scaffold/`` (``*.py-tpl``, so neither Python nor ruff
+The files come from ``cliffracer_core/dev/scaffold/`` (``*.py-tpl``, so neither Python nor ruff
 treats them as code), rendered with Django's template engine as ``startapp`` does. Everything
 is rendered and written into a hidden folder first and moved into place last, so a refusal or a
 failure leaves nothing behind.
@@ -22,9 +22,9 @@ from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.template import Context, Engine
 
-from cliffracer_core.console import USAGE_ERROR
+from cliffracer_core.dev.console import USAGE_ERROR
 
-SCAFFOLD = Path(__file__).resolve().parents[2] / "scaffold"
+SCAFFOLD = Path(__file__).resolve().parents[2] / "dev" / "scaffold"
 TEMPLATE_SUFFIX = "-tpl"
 # Lowercase because the name is at once the app label, the service's name on NATS (subjects
 # are case-sensitive: "Orders" and "orders" would be two services) and the prefix of its

@@ -1,9 +1,9 @@
-"""``manage.py streams``: create or update the declared JetStream streams, and list them.
+"""``manage.py streams``: create or update the declared streams, and list them.
 
 Streams are declared in ``CLIFFRACER["STREAMS"]`` and in service classes' ``streams``
 (docs/durable.md). ``runservice`` creates those its service needs as it starts, and a publish
 creates a missing one; this command does it for all of them at once, e.g. in a deployment
-step, and shows what the server holds: messages, bytes and each consumer's backlog.
+step, and shows what the broker holds: messages, bytes and each consumer's backlog.
 """
 
 from __future__ import annotations
@@ -11,28 +11,22 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-import nats.js.errors
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from cliffracer_core.console import (
+from cliffracer_core.core.streams import StreamError, declared_streams, ensure_streams
+from cliffracer_core.dev.console import (
     FAILURE,
     add_nats_url_argument,
     connect_once,
     format_table,
     quiet_connection_logs,
-)
-from cliffracer_core.durable.streams import (
-    StreamError,
-    declared_streams,
-    differences,
-    ensure_streams,
-    jetstream,
+    use_running_system,
 )
 
 
 class Command(BaseCommand):
     help = (
-        "Create the declared JetStream streams that are missing and update those that differ "
+        "Create the declared streams that are missing and update those that differ "
         "from their declaration, then list them with their messages and consumers."
     )
     requires_system_checks: list[str] = []
@@ -47,6 +41,7 @@ class Command(BaseCommand):
 
     def handle(self, *args: Any, **options: Any) -> None:
         quiet_connection_logs(options["verbosity"])
+        use_running_system(options["nats_url"], self.stderr)
         lines, different = asyncio.run(self.run(options["nats_url"], change=not options["list"]))
         for line in lines:
             self.stdout.write(line)
@@ -74,47 +69,47 @@ class Command(BaseCommand):
                 actions = dict(await ensure_streams(connection))
             except StreamError as error:
                 raise CommandError(str(error), returncode=FAILURE) from None
-        js = jetstream(connection)
         rows = []
         consumers = []
         different = False
         for name, stream in streams.items():
             try:
-                info = await js.stream_info(name)
-            except nats.js.errors.NotFoundError:
+                changed = await connection.compare_stream(stream)
+                state = await connection.stream_state(name)
+            except Exception as error:  # noqa: BLE001
+                raise CommandError(
+                    f"The broker did not answer about streams ({type(error).__name__}): "
+                    "are durable streams enabled (JetStream)?",
+                    returncode=FAILURE,
+                ) from None
+            if changed is None or state is None:
                 rows.append(
                     (name, " ".join(stream.subjects), stream.declared_by, "-", "-", "-", "missing")
                 )
                 different = True
                 continue
-            except Exception as error:  # noqa: BLE001
-                raise CommandError(
-                    f"JetStream did not answer ({type(error).__name__}): is it enabled?",
-                    returncode=FAILURE,
-                ) from None
-            changed = differences(info.config, stream.config())
-            state = actions.get(name) or ("differs: " + ", ".join(changed) if changed else "ok")
+            status = actions.get(name) or ("differs: " + ", ".join(changed) if changed else "ok")
             different = different or bool(changed)
             rows.append(
                 (
                     name,
                     " ".join(stream.subjects),
                     stream.declared_by,
-                    info.state.messages,
-                    info.state.bytes,
-                    info.state.consumer_count,
-                    state,
+                    state.messages,
+                    state.bytes,
+                    state.consumers,
+                    status,
                 )
             )
-            for consumer in await js.consumers_info(name):
+            for consumer in await connection.consumers(name):
                 consumers.append(
                     (
                         consumer.name,
                         name,
-                        consumer.config.filter_subject or ">",
-                        consumer.num_pending,
-                        consumer.num_ack_pending,
-                        consumer.num_redelivered,
+                        consumer.filter_subject,
+                        consumer.pending,
+                        consumer.ack_pending,
+                        consumer.redelivered,
                     )
                 )
         lines += format_table(

@@ -1,0 +1,2 @@
+"""Developer tools: the supervisor and reload, live inspection, the command-line helpers, the
+service scaffold (docs/architecture.md)."""

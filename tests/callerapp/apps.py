@@ -1,0 +1,6 @@
+from cliffracer_core import ServiceAppConfig
+
+
+class CallerConfig(ServiceAppConfig):
+    name = "tests.callerapp"
+    label = "caller"

@@ -1,0 +1,184 @@
+"""CloudWatch: a real service process pushes with PutMetricData to moto's server (a real
+process on a free port), and the dashboard command puts its dashboard there.
+
+moto stores a value/count array as one datum per count (it does not aggregate them as
+CloudWatch does), so the latency check counts data points rather than reading a percentile.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import subprocess
+import sys
+
+import boto3
+import pytest
+
+from cliffracer_core.testing.plugin import project_root
+from cliffracer_core.testing.polling import wait_for
+from cliffracer_core.transports.nats.embedded import free_port
+from tests.test_metrics import requests
+
+REGION = "eu-west-1"
+# moto accepts any credentials; these are its documented test values, no secret.
+CREDENTIALS = {
+    "AWS_ACCESS_KEY_ID": "testing",
+    "AWS_SECRET_ACCESS_KEY": "testing",
+    "AWS_DEFAULT_REGION": REGION,
+}
+
+
+@pytest.fixture
+def moto_server(tmp_path):
+    port = free_port("127.0.0.1")
+    log = open(tmp_path / "moto.log", "wb")  # noqa: SIM115  (closed below)
+    process = subprocess.Popen(
+        [
+            os.path.join(os.path.dirname(sys.executable), "moto_server"),
+            "-H",
+            "127.0.0.1",
+            "-p",
+            str(port),
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    url = f"http://127.0.0.1:{port}"
+
+    def answers() -> bool:
+        import urllib.request
+
+        try:
+            urllib.request.urlopen(f"{url}/moto-api/", timeout=1).close()
+        except OSError:
+            return False
+        return True
+
+    wait_for(answers, 30, what="moto's server")
+    yield url
+    process.terminate()
+    process.wait(10)
+    log.close()
+
+
+def cloudwatch(url: str):
+    return boto3.client(
+        "cloudwatch",
+        region_name=REGION,
+        endpoint_url=url,
+        aws_access_key_id="testing",
+        aws_secret_access_key="testing",
+    )
+
+
+def total(client, name: str, **dimensions: str) -> float:
+    now = datetime.datetime.now(datetime.UTC)
+    answer = client.get_metric_data(
+        MetricDataQueries=[
+            {
+                "Id": "m",
+                "MetricStat": {
+                    "Metric": {
+                        "Namespace": "Cliffracer",
+                        "MetricName": name,
+                        "Dimensions": [{"Name": k, "Value": v} for k, v in dimensions.items()],
+                    },
+                    "Period": 60,
+                    "Stat": "Sum",
+                },
+            }
+        ],
+        StartTime=now - datetime.timedelta(minutes=10),
+        EndTime=now + datetime.timedelta(minutes=1),
+    )
+    return sum(answer["MetricDataResults"][0]["Values"])
+
+
+def test_a_service_pushes_its_figures_to_cloudwatch(moto_server, nats_server, runservice_process):
+    exporter = {
+        "BACKEND": "cliffracer_core.contrib.metrics.backends.cloudwatch.CloudWatchExporter",
+        "OPTIONS": {"ENDPOINT_URL": moto_server, "REGION": REGION, "INTERVAL": 0.3},
+    }
+    runservice_process(
+        "metered",
+        DJANGO_SETTINGS_MODULE="tests.exporters_settings",
+        TEST_METRICS_EXPORTERS=json.dumps([exporter]),
+        **CREDENTIALS,
+    )
+    requests(
+        nats_server.url,
+        [("rpc.metered.echo", b'{"text": "c"}')] * 4
+        + [("rpc.metered.echo", b"{}")]  # 422
+        + [("rpc.metered.fail", b"")] * 2,  # 500
+    )
+    client = cloudwatch(moto_server)
+    echo = {"Service": "metered", "Endpoint": "echo"}
+    wait_for(lambda: total(client, "Requests", **echo) >= 5, 30, what="the requests")
+    wait_for(
+        lambda: total(client, "ServerErrors", Service="metered", Endpoint="fail") >= 2,
+        30,
+        what="the server errors",
+    )
+    assert total(client, "Requests", **echo) == 5
+    assert total(client, "ClientErrors", **echo) == 1
+    assert total(client, "ServerErrors", **echo) == 0
+    assert total(client, "Responses", **echo, Code="422") == 1
+    assert total(client, "Responses", **echo, Code="200") == 4
+    # One latency datum per request (moto's way of storing value/count arrays).
+    now = datetime.datetime.now(datetime.UTC)
+    latency = client.get_metric_statistics(
+        Namespace="Cliffracer",
+        MetricName="Latency",
+        Dimensions=[{"Name": k, "Value": v} for k, v in echo.items()],
+        StartTime=now - datetime.timedelta(minutes=10),
+        EndTime=now + datetime.timedelta(minutes=1),
+        Period=60,
+        Statistics=["SampleCount", "Maximum"],
+    )
+    assert sum(point["SampleCount"] for point in latency["Datapoints"]) == 5
+    assert max(point["Maximum"] for point in latency["Datapoints"]) <= 10.0
+
+
+def test_the_dashboard_command_puts_a_dashboard_of_the_services(moto_server):
+    made = subprocess.run(
+        [
+            sys.executable,
+            "manage.py",
+            "cloudwatch_dashboard",
+            "--name",
+            "shop",
+            "--endpoint-url",
+            moto_server,
+        ],
+        cwd=project_root(),
+        env={**os.environ, **CREDENTIALS, "DJANGO_SETTINGS_MODULE": "tests.exporters_settings"},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert made.returncode == 0, made.stderr
+    body = json.loads(cloudwatch(moto_server).get_dashboard(DashboardName="shop")["DashboardBody"])
+    titles = {widget["properties"]["title"] for widget in body["widgets"]}
+    assert {"metered: Requests", "orders: Latency p95 (s)", "orders: Server errors (5xx)"} <= titles
+    latency = next(
+        w for w in body["widgets"] if w["properties"]["title"] == "metered: Latency p95 (s)"
+    )
+    assert ["Cliffracer", "Latency", "Service", "metered", "Endpoint", "echo", {"stat": "p95"}] in (
+        latency["properties"]["metrics"]
+    )
+
+
+def test_the_dashboard_command_without_a_region_is_a_usage_error():
+    environment = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
+    made = subprocess.run(
+        [sys.executable, "manage.py", "cloudwatch_dashboard"],
+        cwd=project_root(),
+        env={**environment, "AWS_CONFIG_FILE": "/nonexistent"},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert made.returncode == 2
+    assert "region" in made.stderr

@@ -1,0 +1,201 @@
+"""Push exporters (``METRICS_EXPORTERS``): chosen by settings, off the handlers' path, retried
+with backoff while their server is away; and the one reading every exporter shares."""
+
+import json
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+from django.core.checks import run_checks
+from django.test import override_settings
+
+from cliffracer_core.contrib.metrics.reading import Histogram, read_figures
+from cliffracer_core.core.figures import ServiceMetrics
+from cliffracer_core.testing.polling import wait_for
+from cliffracer_core.transports.nats.embedded import free_port
+from tests.otlp_receiver import OtlpReceiver
+from tests.test_metrics import requests
+
+SETTINGS = {"DJANGO_SETTINGS_MODULE": "tests.exporters_settings"}
+
+
+class Receiver:
+    """A real HTTP server on ``port`` that keeps every JSON body posted to it."""
+
+    def __init__(self, port: int) -> None:
+        self.bodies: list[dict] = []
+        received = self.bodies
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                length = int(self.headers["Content-Length"])
+                received.append(json.loads(self.rfile.read(length)))
+                self.send_response(204)
+                self.end_headers()
+
+            def log_message(self, *arguments) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def exporters_environment(port: int, interval: float = 0.2) -> dict[str, str]:
+    entry = {
+        "BACKEND": "tests.pushing.JsonExporter",
+        "OPTIONS": {"URL": f"http://127.0.0.1:{port}/push", "INTERVAL": interval},
+    }
+    return {**SETTINGS, "TEST_METRICS_EXPORTERS": json.dumps([entry])}
+
+
+def echo_count(body: dict) -> float:
+    return sum(
+        value
+        for service, endpoint, code, value in body["requests"]
+        if (service, endpoint, code) == ("metered", "echo", "200")
+    )
+
+
+def test_an_exporter_without_its_server_logs_why_retries_and_delivers_once_it_is_back(
+    nats_server, runservice_process
+):
+    port = free_port("127.0.0.1")
+    process = runservice_process("metered", **exporters_environment(port))
+    # Nothing listens on the port: handlers answer as ever while the exporter fails.
+    replies = requests(nats_server.url, [("rpc.metered.echo", b'{"text": "hi"}')] * 5)
+    assert [reply.data for reply in replies] == [b'{"text":"hi"}'] * 5
+    wait_for(lambda: "cannot push metrics" in process.output(), what="the failure logged")
+    assert "Connection refused" in process.output()
+    receiver = Receiver(port)
+    try:
+        # The backoff (1 s, 2 s …, at most the interval) brings the next attempt soon.
+        body = wait_for(
+            lambda: next((b for b in receiver.bodies if echo_count(b) == 5), None),
+            what="the figures pushed once the server is back",
+        )
+        assert body["clock"] > 0
+        wait_for(lambda: "pushes metrics again" in process.output(), what="the recovery logged")
+    finally:
+        process.stop()
+        receiver.close()
+    # One warning per outage, not one per attempt.
+    assert process.output().count("cannot push metrics") == 1
+
+
+def test_a_stopping_service_flushes_its_last_figures(nats_server, runservice_process):
+    port = free_port("127.0.0.1")
+    receiver = Receiver(port)
+    try:
+        # An interval far longer than the test: only the flush at stop can deliver.
+        process = runservice_process("metered", **exporters_environment(port, interval=3600))
+        requests(nats_server.url, [("rpc.metered.echo", b'{"text": "x"}')] * 3)
+        process.stop()
+        assert [echo_count(body) for body in receiver.bodies] == [3]
+    finally:
+        receiver.close()
+
+
+def test_otlp_metrics_arrive_at_an_otlp_receiver(nats_server, runservice_process):
+    receiver = OtlpReceiver()
+    entry = {
+        "BACKEND": "cliffracer_core.contrib.metrics.backends.otlp.OtlpMetricsExporter",
+        "OPTIONS": {"ENDPOINT": f"{receiver.endpoint}/v1/metrics", "INTERVAL": 0.2},
+    }
+    try:
+        runservice_process("metered", **SETTINGS, TEST_METRICS_EXPORTERS=json.dumps([entry]))
+        requests(nats_server.url, [("rpc.metered.echo", b'{"text": "o"}')] * 3)
+
+        def latest() -> dict:
+            """The last request's metrics by name (the figures are cumulative)."""
+            if not receiver.metrics:
+                return {}
+            (resource,) = receiver.metrics[-1].resource_metrics
+            return {m.name: m for m in resource.scope_metrics[0].metrics}
+
+        def echo_requests() -> int:
+            metric = latest().get("cliffracer.rpc.requests")
+            if metric is None:
+                return 0
+            return sum(
+                point.as_int
+                for point in metric.sum.data_points
+                if {a.key: a.value.string_value for a in point.attributes}
+                == {"service": "metered", "endpoint": "echo", "code": "200"}
+            )
+
+        wait_for(lambda: echo_requests() == 3, what="three echo requests over OTLP")
+        metrics = latest()
+        assert metrics["cliffracer.rpc.requests"].sum.is_monotonic
+        (resource,) = receiver.metrics[-1].resource_metrics
+        assert resource.resource.attributes[0].value.string_value == "metered"
+        echo = next(
+            point
+            for point in metrics["cliffracer.rpc.duration"].histogram.data_points
+            if any(a.value.string_value == "echo" for a in point.attributes)
+        )
+        assert echo.count == 3
+        assert len(echo.bucket_counts) == len(echo.explicit_bounds) + 1
+        assert metrics["cliffracer.timer.runs"].sum.data_points
+    finally:
+        receiver.close()
+
+
+def test_read_figures_adds_up_the_runners_of_one_service():
+    def metrics(instance: str) -> ServiceMetrics:
+        made = ServiceMetrics(
+            service="orders",
+            version="1",
+            instance_id=instance,
+            endpoints=["create"],
+            events=[("on_paid", "payments.*")],
+            timers=["expire"],
+            in_flight=lambda: 2,
+            reconnects=lambda: 1,
+        )
+        made.endpoints["create"].record(300_000)  # 0.3 ms
+        made.endpoints["create"].record(40_000_000, code=500)  # 40 ms
+        made.events["on_paid"]["ok"] += 1
+        return made
+
+    figures = read_figures([metrics("a"), metrics("b")])
+    assert figures.requests[("orders", "create", "200")] == 2
+    assert figures.requests[("orders", "create", "500")] == 2
+    assert figures.in_flight[("orders",)] == 4
+    assert figures.events[("orders", "payments.*", "ok")] == 2
+    histogram = figures.durations[("orders", "create")]
+    assert histogram.count == 4
+    assert histogram.total_seconds == pytest.approx(0.0806)
+    assert histogram.quantile(0.5) == 0.0005
+    assert histogram.quantile(0.95) == 0.05
+    assert figures.services() == ["orders"]
+    assert figures.endpoints("orders") == ["create"]
+    assert Histogram([0] * 17, 0.0).quantile(0.95) is None
+
+
+@pytest.mark.parametrize(
+    "exporters",
+    [
+        "not a list",
+        [{"OPTIONS": {}}],
+        [{"BACKEND": "tests.pushing.Nowhere"}],
+        [{"BACKEND": "tests.test_metrics_exporters.Receiver"}],
+        [{"BACKEND": "tests.pushing.JsonExporter", "OPTIONS": {"NO_SUCH": 1}}],
+        [{"BACKEND": "tests.pushing.JsonExporter", "OPTIONS": {"URL": "x", "INTERVAL": 0}}],
+    ],
+)
+def test_bad_exporter_settings_are_a_system_check_error(exporters):
+    with override_settings(CLIFFRACER={"METRICS_EXPORTERS": exporters}):
+        ids = [message.id for message in run_checks(tags=["cliffracer"])]
+    assert "cliffracer.E045" in ids
+
+
+def test_good_exporter_settings_pass_the_checks():
+    good = [{"BACKEND": "tests.pushing.JsonExporter", "OPTIONS": {"URL": "http://x/"}}]
+    with override_settings(CLIFFRACER={"METRICS_EXPORTERS": good}):
+        ids = [message.id for message in run_checks(tags=["cliffracer"])]
+    assert "cliffracer.E045" not in ids
