@@ -139,6 +139,14 @@ def test_a_service_pushes_its_figures_to_cloudwatch(moto_server, nats_server, ru
     )
     assert sum(point["SampleCount"] for point in latency["Datapoints"]) == 5
     assert max(point["Maximum"] for point in latency["Datapoints"]) <= 10.0
+    # relay calls echo under a call policy: the caller's call figures, by target.
+    requests(nats_server.url, [("rpc.metered.relay", b'{"text": "r"}')] * 3)
+    calls = {"Service": "metered", "Target": "metered.echo"}
+    wait_for(lambda: total(client, "Calls", **calls) >= 3, 30, what="the calls")
+    assert total(client, "Calls", **calls) == 3
+    assert total(client, "CallRetries", **calls) == 0
+    assert total(client, "CircuitBreakerState", **calls) == 0
+    assert total(client, "Requests", **echo) == 8
 
 
 def test_the_dashboard_command_puts_a_dashboard_of_the_services(moto_server):

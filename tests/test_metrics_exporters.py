@@ -9,7 +9,8 @@ import pytest
 from django.core.checks import run_checks
 from django.test import override_settings
 
-from cliffracer_core.contrib.metrics.reading import Histogram, read_figures
+from cliffracer_core.contrib.metrics import cloudwatch, zabbix
+from cliffracer_core.contrib.metrics.reading import Figures, Histogram, increase, read_figures
 from cliffracer_core.core.figures import ServiceMetrics
 from cliffracer_core.testing.polling import wait_for
 from cliffracer_core.transports.nats.embedded import free_port
@@ -129,6 +130,26 @@ def test_otlp_metrics_arrive_at_an_otlp_receiver(nats_server, runservice_process
             )
 
         wait_for(lambda: echo_requests() == 3, what="three echo requests over OTLP")
+        # relay calls echo under a call policy: the calls by caller and target.
+        requests(nats_server.url, [("rpc.metered.relay", b'{"text": "r"}')] * 2)
+        calling = {"service": "metered", "target": "metered.echo"}
+
+        def points(name: str, kind: str) -> list:
+            metric = latest().get(name)
+            if metric is None:
+                return []
+            return [
+                point
+                for point in getattr(metric, kind).data_points
+                if {a.key: a.value.string_value for a in point.attributes} == calling
+            ]
+
+        wait_for(
+            lambda: [p.as_int for p in points("cliffracer.calls", "sum")] == [2],
+            what="two calls over OTLP",
+        )
+        assert [p.as_int for p in points("cliffracer.circuit_breaker.state", "gauge")] == [0]
+        assert [p.as_int for p in points("cliffracer.call.retries", "sum")] == [0]
         metrics = latest()
         assert metrics["cliffracer.rpc.requests"].sum.is_monotonic
         (resource,) = receiver.metrics[-1].resource_metrics
@@ -138,7 +159,7 @@ def test_otlp_metrics_arrive_at_an_otlp_receiver(nats_server, runservice_process
             for point in metrics["cliffracer.rpc.duration"].histogram.data_points
             if any(a.value.string_value == "echo" for a in point.attributes)
         )
-        assert echo.count == 3
+        assert echo.count == 5
         assert len(echo.bucket_counts) == len(echo.explicit_bounds) + 1
         assert metrics["cliffracer.timer.runs"].sum.data_points
     finally:
@@ -175,6 +196,40 @@ def test_read_figures_adds_up_the_runners_of_one_service():
     assert figures.services() == ["orders"]
     assert figures.endpoints("orders") == ["create"]
     assert Histogram([0] * 17, 0.0).quantile(0.95) is None
+
+
+def test_call_figures_are_sent_per_interval_with_the_breaker_state_as_it_is():
+    def at(clock: float, calls: int, refused: int, state: int) -> Figures:
+        return Figures(
+            clock=clock,
+            info={("shop", "1", "i"): 1},
+            calls={("shop", "stock.get"): calls},
+            retries={("shop", "stock.get"): 1},
+            rejections={("shop", "stock.get", "circuit_open"): refused},
+            fallbacks={("shop", "stock.get"): 0},
+            breakers={("shop", "stock.get"): state},
+        )
+
+    interval = increase(at(2.0, 10, 4, 2), at(1.0, 6, 1, 0))
+    assert interval.calls == {("shop", "stock.get"): 4}
+    assert interval.rejections == {("shop", "stock.get", "circuit_open"): 3}
+    assert interval.retries == {("shop", "stock.get"): 0}
+    assert interval.breakers == {("shop", "stock.get"): 2}
+    sent = zabbix.values(interval, "shop")
+    assert sent[zabbix.CALLS.format("stock.get")] == 4
+    assert sent[zabbix.REJECTIONS.format("stock.get")] == 3
+    assert sent[zabbix.BREAKER.format("stock.get")] == zabbix.BREAKER_OPEN
+    lists = zabbix.discovery(interval, "shop")
+    assert json.loads(lists[zabbix.CALLS_RULE]) == [{"{#TARGET}": "stock.get"}]
+    data = {
+        (datum["MetricName"], tuple(d["Value"] for d in datum["Dimensions"])): datum["Value"]
+        for datum in cloudwatch.metric_data(interval)
+    }
+    assert data[("Calls", ("shop", "stock.get"))] == 4
+    assert data[("CallRejections", ("shop", "stock.get", "circuit_open"))] == 3
+    assert data[("CircuitBreakerState", ("shop", "stock.get"))] == 2
+    # Another service's figures are not this one's.
+    assert interval.only("orders").calls == {}
 
 
 @pytest.mark.parametrize(

@@ -131,6 +131,24 @@ def test_pushed_figures_arrive_in_zabbix_through_the_generated_template(
         found = item(api, key)
         assert found is not None and found["state"] == "0", (key, found)
     assert max(history(api, item(api, zabbix.P95.format("echo")))) <= 10.0
+    # relay calls echo under a call policy: the target is discovered at its first call (whose
+    # values Zabbix refuses: its items do not exist yet), then its figures arrive.
+    calls_key = zabbix.CALLS.format("metered.echo")
+    breaker_key = zabbix.BREAKER.format("metered.echo")
+    requests(nats_server.url, [("rpc.metered.relay", b'{"text": "r"}')])
+    wait_for(lambda: item(api, calls_key), 120, what="the call target discovered")
+    wait_for(lambda: history(api, item(api, breaker_key)), 120, what="the breaker state stored")
+    before = sum(history(api, item(api, calls_key)))
+    requests(nats_server.url, [("rpc.metered.relay", b'{"text": "r"}')] * 3)
+    wait_for(
+        lambda: sum(history(api, item(api, calls_key))) >= before + 3,
+        120,
+        what="the calls in Zabbix",
+    )
+    assert sum(history(api, item(api, calls_key))) == before + 3
+    assert set(history(api, item(api, breaker_key))) == {0.0}
+    for key in (calls_key, breaker_key):
+        assert item(api, key)["state"] == "0", key
 
 
 def test_the_template_command_writes_an_importable_export(tmp_path):
@@ -142,7 +160,16 @@ def test_the_template_command_writes_an_importable_export(tmp_path):
     (template,) = exported["templates"]
     assert "metered" in template["description"]
     rules = {rule["key"]: rule for rule in template["discovery_rules"]}
-    assert set(rules) == {zabbix.ENDPOINTS_RULE, zabbix.EVENTS_RULE, zabbix.TIMERS_RULE}
+    assert set(rules) == {
+        zabbix.ENDPOINTS_RULE,
+        zabbix.EVENTS_RULE,
+        zabbix.TIMERS_RULE,
+        zabbix.CALLS_RULE,
+    }
+    call_triggers = rules[zabbix.CALLS_RULE]["trigger_prototypes"]
+    assert [trigger["name"] for trigger in call_triggers] == [
+        "Circuit breaker to {#TARGET} is open"
+    ]
     endpoint_keys = {p["key"] for p in rules[zabbix.ENDPOINTS_RULE]["item_prototypes"]}
     assert zabbix.P95.format("{#ENDPOINT}") in endpoint_keys
     assert len(rules[zabbix.ENDPOINTS_RULE]["trigger_prototypes"]) == 2

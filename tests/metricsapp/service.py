@@ -27,10 +27,17 @@ class MeteredService(Service):
 
     name = "metered"
     version = "2.0.0"
+    # A policy on its own echo, so that the process has call-policy figures to export.
+    calls = {"metered.echo": {"RETRIES": 1}}
 
     @rpc(public=True)
     async def echo(self, request: Text) -> Text:
         return request
+
+    @rpc(public=True)
+    async def relay(self, request: Text) -> Text:
+        """Echo, through a call to ``echo`` under the policy above."""
+        return await self.call("metered.echo", request, reply=Text)
 
     @rpc(public=True)
     async def fail(self) -> None:

@@ -7,8 +7,10 @@ Each push sends the interval's figures under one namespace (``Cliffracer`` by de
 and ``Endpoint`` as value/count arrays (each bucket's upper bound and its count), so CloudWatch
 computes percentiles (``p95``) from them; ``InFlight`` and ``NatsReconnects`` by ``Service``;
 ``Events`` by ``Service``, ``Subject`` and ``Outcome``; ``TimerRuns`` by ``Service``, ``Timer``
-and ``Outcome``. Several instances of a service send to the same series, and CloudWatch adds
-their data points up (``Sum``).
+and ``Outcome``; the call policies' ``Calls``, ``CallRetries``, ``CallFallbacks`` and
+``CircuitBreakerState`` (0 closed, 1 half-open, 2 open) by ``Service`` (the caller) and
+``Target``, and ``CallRejections`` by ``Service``, ``Target`` and ``Reason``. Several instances
+of a service send to the same series, and CloudWatch adds their data points up (``Sum``).
 """
 
 from __future__ import annotations
@@ -80,6 +82,19 @@ def metric_data(increase: Figures) -> list[dict[str, Any]]:
     for (service, timer, outcome), count in sorted(increase.timers.items()):
         where = {"Service": service, "Timer": timer, "Outcome": outcome}
         data.append(_datum("TimerRuns", where, clock, "Count", Value=float(count)))
+    for name, series in (
+        ("Calls", increase.calls),
+        ("CallRetries", increase.retries),
+        ("CallFallbacks", increase.fallbacks),
+        ("CircuitBreakerState", increase.breakers),
+    ):
+        unit = "None" if name == "CircuitBreakerState" else "Count"
+        for (service, target), value in sorted(series.items()):
+            where = {"Service": service, "Target": target}
+            data.append(_datum(name, where, clock, unit, Value=float(value)))
+    for (service, target, reason), count in sorted(increase.rejections.items()):
+        where = {"Service": service, "Target": target, "Reason": reason}
+        data.append(_datum("CallRejections", where, clock, "Count", Value=float(count)))
     return data
 
 

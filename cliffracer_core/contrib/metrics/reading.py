@@ -5,15 +5,23 @@ generated templates and dashboards all read ``read_figures``, so they can never 
 was counted. A reading copies the counts (each copy is one C-level step under the GIL, so the
 event-loop thread that records them is never stopped or locked) and adds up the runners of one
 service, which share a process only in tests.
+
+The call policies' figures (``core.resilience``) belong to the process, not to a runner: they
+are read under the process's service, the caller (when several services share a process, as in
+tests, under the first by name). The Prometheus collector exports them on their own
+(``metrics.calls``), labelled by target only, since a scrape already names the process.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
+from typing import Any
 
+from cliffracer_core.core.breaker import STATE_VALUES
 from cliffracer_core.core.figures import DURATION_BUCKETS, ServiceMetrics
+from cliffracer_core.core.resilience import call_figures
 
 # Requests for an endpoint the service does not have share one label value, so that callers
 # sending arbitrary subjects cannot create unbounded series.
@@ -73,6 +81,16 @@ class Figures:
     reconnects: dict[Labels, float] = field(default_factory=dict)
     # (service, version, instance id) -> 1
     info: dict[Labels, float] = field(default_factory=dict)
+    # (calling service, target) -> calls made under a call policy
+    calls: dict[Labels, float] = field(default_factory=dict)
+    # (calling service, target) -> retries sent
+    retries: dict[Labels, float] = field(default_factory=dict)
+    # (calling service, target, reason) -> calls refused without being sent
+    rejections: dict[Labels, float] = field(default_factory=dict)
+    # (calling service, target) -> failed calls a fallback answered
+    fallbacks: dict[Labels, float] = field(default_factory=dict)
+    # (calling service, target) -> the target's circuit breaker: 0 closed, 1 half-open, 2 open
+    breakers: dict[Labels, float] = field(default_factory=dict)
 
     def services(self) -> list[str]:
         """The names of the services read, sorted."""
@@ -81,6 +99,27 @@ class Figures:
     def endpoints(self, service: str) -> list[str]:
         """The endpoints of ``service`` with a latency series, sorted."""
         return sorted(endpoint for name, endpoint in self.durations if name == service)
+
+    def targets(self, service: str) -> list[str]:
+        """The targets ``service`` calls under a call policy, sorted."""
+        return sorted(target for name, target in self.calls if name == service)
+
+    def only(self, service: str) -> Figures:
+        """The figures of one service."""
+
+        def mine(values: dict[Labels, Any]) -> dict[Labels, Any]:
+            return {labels: value for labels, value in values.items() if labels[0] == service}
+
+        return Figures(
+            clock=self.clock,
+            **{name: mine(getattr(self, name)) for name in SERIES},
+        )
+
+
+# The label-keyed series of ``Figures``; the gauges among them are values at the clock, the
+# rest (but the histograms) counters.
+SERIES = tuple(found.name for found in fields(Figures) if found.name != "clock")
+GAUGES = ("in_flight", "info", "breakers")
 
 
 def increase(current: Figures, previous: Figures | None) -> Figures:
@@ -106,17 +145,13 @@ def increase(current: Figures, previous: Figures | None) -> Figures:
             [a - b for a, b in zip(histogram.buckets, earlier.buckets, strict=True)],
             histogram.total_seconds - earlier.total_seconds,
         )
-    return Figures(
-        clock=current.clock,
-        requests=minus(current.requests, previous.requests),
-        durations=durations,
-        in_flight=current.in_flight,
-        dropped=minus(current.dropped, previous.dropped),
-        events=minus(current.events, previous.events),
-        timers=minus(current.timers, previous.timers),
-        reconnects=minus(current.reconnects, previous.reconnects),
-        info=current.info,
-    )
+    counters = {
+        name: minus(getattr(current, name), getattr(previous, name))
+        for name in SERIES
+        if name not in (*GAUGES, "durations")
+    }
+    gauges = {name: getattr(current, name) for name in GAUGES}
+    return Figures(clock=current.clock, durations=durations, **counters, **gauges)
 
 
 def read_figures(services: Iterable[ServiceMetrics]) -> Figures:
@@ -149,7 +184,21 @@ def read_figures(services: Iterable[ServiceMetrics]) -> Figures:
         _add(figures.in_flight, (name,), metrics.in_flight())
         _add(figures.reconnects, (name,), metrics.reconnects())
         figures.info[(name, metrics.version, metrics.instance_id)] = 1
+    services = figures.services()
+    if services:
+        read_calls(figures, services[0])
     return figures
+
+
+def read_calls(figures: Figures, caller: str) -> None:
+    """Add this process's call-policy figures to ``figures``, as made by ``caller``."""
+    for target, counts in call_figures().items():
+        figures.calls[(caller, target)] = counts["calls"]
+        figures.retries[(caller, target)] = counts["retries"]
+        for reason, count in counts["rejected"].items():
+            figures.rejections[(caller, target, reason)] = count
+        figures.fallbacks[(caller, target)] = counts["fallbacks"]
+        figures.breakers[(caller, target)] = STATE_VALUES[counts["state"]]
 
 
 def _add(values: dict[Labels, float], key: Labels, count: float) -> None:

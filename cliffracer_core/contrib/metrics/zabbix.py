@@ -4,8 +4,11 @@ One Zabbix host per service (``cliffracer-orders``), whichever instance sends: e
 pushes its own per-interval increases (requests, errors by class, events, timer runs) and the
 interval's p95 latency, so sums over a time window (``sum(...,5m)``, what the triggers use) add
 up across instances. Endpoints, event subjects and timers are found by low-level discovery: the
-exporter sends ``{#ENDPOINT}``, ``{#SUBJECT}`` and ``{#TIMER}`` lists to trapper discovery rules,
-so a new endpoint appears in Zabbix by itself.
+exporter sends ``{#ENDPOINT}``, ``{#SUBJECT}``, ``{#TIMER}`` and ``{#TARGET}`` lists to trapper
+discovery rules, so a new endpoint appears in Zabbix by itself. ``{#TARGET}`` is a service or a
+``service.method`` this service calls under a call policy (docs/resilience.md): its calls,
+retries, rejections and fallbacks per interval and its circuit breaker's state, with a trigger
+while the breaker is open.
 
 This module builds the keys, the values and the template (a Zabbix 6.0 export: discovery rules,
 item, trigger and graph prototypes, a "no data" trigger and a template dashboard); the exporter
@@ -30,6 +33,7 @@ HOST_FORMAT = "cliffracer-{service}"
 ENDPOINTS_RULE = "cliffracer.endpoints"
 EVENTS_RULE = "cliffracer.events"
 TIMERS_RULE = "cliffracer.timers"
+CALLS_RULE = "cliffracer.calls"
 
 IN_FLIGHT = "cliffracer.rpc.in_flight"
 RECONNECTS = "cliffracer.nats.reconnects"
@@ -40,6 +44,13 @@ P95 = "cliffracer.rpc.p95[{}]"
 EVENTS_OK = "cliffracer.events.ok[{}]"
 EVENTS_FAILED = "cliffracer.events.failed[{}]"
 TIMER_ERRORS = "cliffracer.timer.errors[{}]"
+CALLS = "cliffracer.calls[{}]"
+RETRIES = "cliffracer.call.retries[{}]"
+REJECTIONS = "cliffracer.call.rejections[{}]"
+FALLBACKS = "cliffracer.call.fallbacks[{}]"
+BREAKER = "cliffracer.breaker.state[{}]"
+# The breaker state's value while open (core.breaker.STATE_VALUES).
+BREAKER_OPEN = 2
 
 # Event outcomes that count as failed: the handler raised, or the payload was refused.
 FAILED_OUTCOMES = ("rejected", "error", "refused")
@@ -65,6 +76,7 @@ def discovery(figures: Figures, service: str) -> dict[str, str]:
         ENDPOINTS_RULE: json.dumps(endpoints),
         EVENTS_RULE: json.dumps([{"{#SUBJECT}": subject} for subject in subjects]),
         TIMERS_RULE: json.dumps([{"{#TIMER}": timer} for timer in timers]),
+        CALLS_RULE: json.dumps([{"{#TARGET}": target} for target in figures.targets(service)]),
     }
 
 
@@ -97,6 +109,17 @@ def values(increase: Figures, service: str) -> dict[str, float]:
     for (name, timer, outcome), count in increase.timers.items():
         if name == service and outcome == "error":
             sent[TIMER_ERRORS.format(_key_parameter(timer))] = count
+    for target in increase.targets(service):
+        parameter = _key_parameter(target)
+        sent[CALLS.format(parameter)] = increase.calls[(service, target)]
+        sent[RETRIES.format(parameter)] = increase.retries[(service, target)]
+        sent[REJECTIONS.format(parameter)] = sum(
+            count
+            for (name, rejected, _), count in increase.rejections.items()
+            if (name, rejected) == (service, target)
+        )
+        sent[FALLBACKS.format(parameter)] = increase.fallbacks[(service, target)]
+        sent[BREAKER.format(parameter)] = increase.breakers[(service, target)]
     return sent
 
 
@@ -213,6 +236,38 @@ def template(services: list[str]) -> dict[str, Any]:
             _item("{#TIMER}: failed runs", TIMER_ERRORS.format("{#TIMER}"), "UNSIGNED")
         ],
     }
+    breaker = f"{t}{BREAKER.format('{#TARGET}')}"
+    calls_rule = {
+        "uuid": _uuid(CALLS_RULE),
+        "name": "Calls under a call policy",
+        "type": "TRAP",
+        "key": CALLS_RULE,
+        "delay": "0",
+        "lifetime": "7d",
+        "item_prototypes": [
+            _item("Calls to {#TARGET}", CALLS.format("{#TARGET}"), "UNSIGNED"),
+            _item("Calls to {#TARGET}: retries", RETRIES.format("{#TARGET}"), "UNSIGNED"),
+            _item(
+                "Calls to {#TARGET}: refused (breaker open or bulkhead full)",
+                REJECTIONS.format("{#TARGET}"),
+                "UNSIGNED",
+            ),
+            _item("Calls to {#TARGET}: fallbacks", FALLBACKS.format("{#TARGET}"), "UNSIGNED"),
+            _item(
+                "Circuit breaker to {#TARGET} (0 closed, 1 half-open, 2 open)",
+                BREAKER.format("{#TARGET}"),
+                "UNSIGNED",
+            ),
+        ],
+        "trigger_prototypes": [
+            {
+                "uuid": _uuid("trigger:breaker-open"),
+                "expression": f"last({breaker})={BREAKER_OPEN}",
+                "name": "Circuit breaker to {#TARGET} is open",
+                "priority": "WARNING",
+            }
+        ],
+    }
     return {
         "zabbix_export": {
             "version": "6.0",
@@ -246,7 +301,7 @@ def template(services: list[str]) -> dict[str, Any]:
                         ),
                         _item("NATS reconnects", RECONNECTS, "UNSIGNED"),
                     ],
-                    "discovery_rules": [endpoint_rule, event_rule, timer_rule],
+                    "discovery_rules": [endpoint_rule, event_rule, timer_rule, calls_rule],
                     "macros": [
                         {"macro": "{$CLIFFRACER.ERROR_RATE.MAX}", "value": "0.05"},
                         {"macro": "{$CLIFFRACER.P95.MAX}", "value": "1"},

@@ -4,7 +4,9 @@ OTLP intake.
 The figures are cumulative counts since the service started, which is OTLP's cumulative
 temporality: each push is the whole state, so a push lost costs nothing but its moment.
 Names follow OpenTelemetry's style (``cliffracer.rpc.requests``, ``cliffracer.rpc.duration``
-in seconds with the same bucket bounds as Prometheus).
+in seconds with the same bucket bounds as Prometheus; the call policies' ``cliffracer.calls``,
+``cliffracer.call.retries``, ``.rejections``, ``.fallbacks`` and the gauge
+``cliffracer.circuit_breaker.state``, by calling service and target).
 """
 
 from __future__ import annotations
@@ -82,7 +84,7 @@ class OtlpMetricsExporter(MetricsExporter):
             )
             scope = resource.scope_metrics.add()
             scope.scope.name = "cliffracer"
-            mine = _only(figures, service)
+            mine = figures.only(service)
             self._sum(
                 scope,
                 "cliffracer.rpc.requests",
@@ -123,10 +125,22 @@ class OtlpMetricsExporter(MetricsExporter):
                 now,
                 ("service",),
             )
-            in_flight = scope.metrics.add(name="cliffracer.rpc.in_flight", unit="{request}")
-            for labels, value in sorted(mine.in_flight.items()):
-                point = in_flight.gauge.data_points.add(time_unix_nano=now, as_int=int(value))
-                point.attributes.extend(_attributes(("service",), labels))
+            calling = ("service", "target")
+            self._sum(scope, "cliffracer.calls", "{call}", mine.calls, now, calling)
+            self._sum(scope, "cliffracer.call.retries", "{retry}", mine.retries, now, calling)
+            self._sum(
+                scope,
+                "cliffracer.call.rejections",
+                "{call}",
+                mine.rejections,
+                now,
+                (*calling, "reason"),
+            )
+            self._sum(scope, "cliffracer.call.fallbacks", "{call}", mine.fallbacks, now, calling)
+            self._gauge(scope, "cliffracer.circuit_breaker.state", "1", mine.breakers, now, calling)
+            self._gauge(
+                scope, "cliffracer.rpc.in_flight", "{request}", mine.in_flight, now, ("service",)
+            )
             duration = scope.metrics.add(name="cliffracer.rpc.duration", unit="s")
             duration.histogram.aggregation_temporality = CUMULATIVE
             for labels, histogram in sorted(mine.durations.items()):
@@ -159,21 +173,16 @@ class OtlpMetricsExporter(MetricsExporter):
             )
             point.attributes.extend(_attributes(names, labels))
 
-
-def _only(figures: Figures, service: str) -> Figures:
-    """The figures of one service."""
-
-    def mine(values: dict[Labels, Any]) -> dict[Labels, Any]:
-        return {labels: value for labels, value in values.items() if labels[0] == service}
-
-    return Figures(
-        clock=figures.clock,
-        requests=mine(figures.requests),
-        durations=mine(figures.durations),
-        in_flight=mine(figures.in_flight),
-        dropped=mine(figures.dropped),
-        events=mine(figures.events),
-        timers=mine(figures.timers),
-        reconnects=mine(figures.reconnects),
-        info=mine(figures.info),
-    )
+    def _gauge(
+        self,
+        scope: Any,
+        name: str,
+        unit: str,
+        values: dict[Labels, float],
+        now: int,
+        names: tuple[str, ...],
+    ) -> None:
+        metric = scope.metrics.add(name=name, unit=unit)
+        for labels, value in sorted(values.items()):
+            point = metric.gauge.data_points.add(time_unix_nano=now, as_int=int(value))
+            point.attributes.extend(_attributes(names, labels))
