@@ -97,6 +97,8 @@ def test_a_group_whose_members_are_gone_takes_nothing_more(url: str) -> None:
         await caller.publish("gone.work", b"z")
         try:
             assert not await client.keys(f"{caller.prefix}g:*")
+            # The round-robin counter expires: a prefix used once leaves nothing for good.
+            assert 0 < await client.pttl(f"{caller.prefix}rr") <= 3_600_000
             # A member that vanished without leaving (killed) has its binding dropped by the
             # first publisher that finds no live member.
             await client.sadd(f"{caller.prefix}bx:gone.work", "workers gone.work")
