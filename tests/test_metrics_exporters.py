@@ -254,3 +254,108 @@ def test_good_exporter_settings_pass_the_checks():
     with override_settings(CLIFFRACER={"METRICS_EXPORTERS": good}):
         ids = [message.id for message in run_checks(tags=["cliffracer"])]
     assert "cliffracer.E045" not in ids
+
+
+def rows(body: dict, series: str, *labels: str) -> list:
+    """The values of ``series`` in a pushed body whose labels start with ``labels``."""
+    return [row[-1] for row in body.get(series, []) if tuple(row[: len(labels)]) == labels]
+
+
+def test_the_web_process_pushes_its_websocket_figures(transactional_db, web_process):
+    import asyncio
+
+    from django.contrib.auth.models import User
+
+    from tests.test_websocket_processes import open_socket, token_for
+
+    port = free_port("127.0.0.1")
+    receiver = Receiver(port)
+    entry = {
+        "BACKEND": "tests.pushing.JsonExporter",
+        "OPTIONS": {"URL": f"http://127.0.0.1:{port}/push", "INTERVAL": 0.2},
+    }
+    token = token_for(User.objects.create_user("ada", password="pw-ada-12345"))
+    web = web_process(
+        DJANGO_SETTINGS_MODULE="tests.websocket_settings",
+        CLIFFRACER_TEST_OVERRIDES=json.dumps({"METRICS_EXPORTERS": [entry]}),
+    )
+
+    def pushed_with(condition) -> dict | None:
+        return next((body for body in reversed(receiver.bodies) if condition(body)), None)
+
+    async def scenario() -> dict:
+        socket = await open_socket(web.ws_url, token)
+        await socket.send(json.dumps({"type": "ping"}))
+        await socket.recv()
+        try:
+            # Pushed from the daphne process's own exporter thread while the socket is open.
+            return await asyncio.to_thread(
+                wait_for,
+                lambda: pushed_with(
+                    lambda b: (
+                        rows(b, "sockets", "web") == [1]
+                        and rows(b, "frames_in", "web", "ping") == [1]
+                    )
+                ),
+                what="the open socket and its ping pushed",
+            )
+        finally:
+            await socket.close()
+
+    try:
+        body = asyncio.run(scenario())
+        assert rows(body, "frames_in", "web", "auth") == [1]
+        assert [row[0] for row in body["info"]] == ["web"]
+        # The socket closed: the next pushes say so.
+        wait_for(
+            lambda: pushed_with(lambda b: rows(b, "sockets", "web") == [0]),
+            what="the closed socket pushed",
+        )
+    finally:
+        web.stop()
+        receiver.close()
+    assert "pushes metrics with JSON exporter" in web.output()
+
+
+def test_the_celery_worker_pushes_its_tasks_as_the_endpoints_of_celery_worker(
+    transactional_db, celery_worker_process
+):
+    from tests import jobs_tasks
+
+    port = free_port("127.0.0.1")
+    receiver = Receiver(port)
+    entry = {
+        "BACKEND": "tests.pushing.JsonExporter",
+        "OPTIONS": {"URL": f"http://127.0.0.1:{port}/push", "INTERVAL": 0.2},
+    }
+    task = "tests.jobs_tasks.context_of_task"
+    try:
+        # The default prefork pool: the task runs in a pool process, the main process pushes.
+        worker = celery_worker_process(
+            "--include",
+            "tests.jobs_tasks",
+            DJANGO_SETTINGS_MODULE="tests.websocket_settings",
+            CLIFFRACER_TEST_OVERRIDES=json.dumps({"METRICS_EXPORTERS": [entry]}),
+        )
+        jobs_tasks.context_of_task.delay().get(timeout=20)
+        body = wait_for(
+            lambda: next(
+                (
+                    b
+                    for b in reversed(receiver.bodies)
+                    if rows(b, "requests", "celery-worker", task, "200") == [1]
+                ),
+                None,
+            ),
+            what="the task's run pushed",
+        )
+        assert rows(body, "requests", "celery-worker", task, "500") == [0]
+        assert rows(body, "durations", "celery-worker", task) == [1]
+        assert rows(body, "in_flight", "celery-worker") == [0]
+        assert [row[0] for row in body["info"]] == ["celery-worker"]
+        worker.stop()
+    finally:
+        receiver.close()
+    # Pushed from the worker's main process only: one exporter, one instance id.
+    assert worker.output().count("pushes metrics with JSON exporter") == 1
+    assert len({row[2] for b in receiver.bodies for row in b["info"]}) == 1

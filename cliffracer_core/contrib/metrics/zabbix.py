@@ -348,6 +348,11 @@ def _dashboard_widgets() -> list[dict[str, Any]]:
     return widgets
 
 
+# The processes that run no service but push under a name of their own (the web process's
+# calls, the Celery worker's tasks as endpoints): each gets a host too.
+PROCESSES = ("celery-worker", "web")
+
+
 def installed_services() -> list[str]:
     """The names of the installed services, sorted."""
     from cliffracer_core.core.apps import service_app_configs
