@@ -290,3 +290,72 @@ def test_a_handlers_queries_are_spans_under_its_span(
     assert counting.name.startswith("SELECT ")
     # The statement as Django sends it, not the values of its parameters.
     assert "COUNT(*)" in counting.attributes["db.query.text"]
+
+
+def test_websocket_frames_and_delivered_events_are_spans(
+    transactional_db, receiver, runservice_process, web_process, nats_server
+):
+    import asyncio
+
+    from django.contrib.auth.models import User
+    from nats.aio.client import Client as NatsClient
+
+    from tests.test_websocket_processes import RULES, open_socket, subscribe, token_for
+
+    runservice_process(
+        "metered", DJANGO_SETTINGS_MODULE="tests.metrics_settings", **tracing_environment(receiver)
+    )
+    web = web_process(
+        DJANGO_SETTINGS_MODULE="tests.websocket_settings",
+        CLIFFRACER_TEST_OVERRIDES=json.dumps({"SUBJECT_RULES": RULES}),
+        **tracing_environment(receiver),
+    )
+    token = token_for(User.objects.create_user("ada", password="pw-ada-12345"))
+
+    async def scenario() -> None:
+        socket = await open_socket(web.ws_url, token)
+        call_frame = {"type": "call", "id": 1, "service": "metered", "method": "echo"}
+        await socket.send(json.dumps({**call_frame, "data": {"text": "hi"}}))
+        assert json.loads(await socket.recv())["type"] == "reply"
+        assert (await subscribe(socket, "ws.public.news"))["type"] == "subscribed"
+        publisher = NatsClient()
+        await publisher.connect(nats_server.url)
+        await publisher.publish(
+            "ws.public.news",
+            b'{"headline": "traced"}',
+            headers={"traceparent": f"00-{TRACE_ID}-{ROOT_SPAN}-01"},
+        )
+        await publisher.flush()
+        assert json.loads(await asyncio.wait_for(socket.recv(), 10))["type"] == "event"
+        await publisher.close()
+        await socket.close()
+
+    asyncio.run(scenario())
+
+    def named(name: str) -> list:
+        return [span for span in receiver.spans if span.name == name]
+
+    wait_for(
+        lambda: (
+            named("receive call")
+            and named("process rpc.metered.echo")
+            and named("deliver ws.public.news")
+        ),
+        "the frame and delivery spans",
+        [web],
+    )
+    # The call frame is a root span in the web process, the parent of the call it makes.
+    (frame,) = named("receive call")
+    assert (frame.service, frame.parent_id, frame.kind) == ("web", "", Span.SPAN_KIND_SERVER)
+    assert frame.attributes["cliffracer.websocket.frame.type"] == "call"
+    calling = one(receiver.spans, name="send rpc.metered.echo", parent_id=frame.span_id)
+    served = one(receiver.spans, name="process rpc.metered.echo")
+    assert served.parent_id == calling.span_id
+    assert named("receive auth") and named("receive subscribe")
+    # The event handed to the socket: a span of its own, linked to the publisher's.
+    (delivery,) = named("deliver ws.public.news")
+    assert delivery.kind == Span.SPAN_KIND_CONSUMER
+    assert delivery.parent_id == ""
+    assert delivery.links == [(TRACE_ID, ROOT_SPAN)]
+    assert delivery.attributes["messaging.destination.name"] == "ws.public.news"
+    assert delivery.attributes["cliffracer.websocket.sockets"] == 1

@@ -317,6 +317,60 @@ def timer_span(service: str, timer: str) -> Iterator[Span]:
         yield span
 
 
+@contextmanager
+def frame_span(frame_type: str, path: str) -> Iterator[Span]:
+    """A server span for a WebSocket frame handled: a root span (a socket's frames carry no
+    trace context), the parent of the calls and publishes the frame makes."""
+    from opentelemetry.context import Context
+
+    assert tracer is not None
+    with tracer.start_as_current_span(
+        f"receive {frame_type}",
+        # An empty context: a root whatever task this runs in (the hub's subscription
+        # callbacks inherit the context of the frame that subscribed).
+        context=Context(),
+        kind=_kind(SERVER),
+        attributes={"cliffracer.websocket.frame.type": frame_type, "url.path": path},
+        record_exception=False,
+        set_status_on_exception=False,
+    ) as span:
+        yield span
+
+
+@contextmanager
+def delivery_span(
+    subject: str, pattern: str, headers: MutableMapping[str, str] | None, sockets: int
+) -> Iterator[Span]:
+    """A consumer span for an event handed to a process's sockets: a root span *linked* to
+    the event's trace (every web process with subscribers delivers it, long after the
+    publisher's work ended), not its child."""
+    from opentelemetry.context import Context
+    from opentelemetry.propagate import extract
+    from opentelemetry.trace import Link, get_current_span
+
+    assert tracer is not None
+    event_context = get_current_span(extract(headers or {})).get_span_context()
+    with tracer.start_as_current_span(
+        f"deliver {pattern}",
+        # An empty context: a root whatever task this runs in (the hub's subscription
+        # callbacks inherit the context of the frame that subscribed).
+        context=Context(),
+        kind=_kind(CONSUMER),
+        attributes=_attributes(
+            "deliver",
+            subject,
+            template=pattern,
+            correlation_id=(headers or {}).get("X-Correlation-ID"),
+            extra={"cliffracer.websocket.sockets": sockets},
+        ),
+        links=[Link(event_context)] if event_context.is_valid else None,
+        record_exception=False,
+        set_status_on_exception=False,
+    ) as span:
+        span.set_attribute("messaging.operation.type", "process")
+        yield span
+
+
 def carry_current(headers: MutableMapping[str, str]) -> None:
     """Put the current span's context in ``headers`` (the headers a timer run carries)."""
     from opentelemetry.propagate import inject
