@@ -359,3 +359,67 @@ def test_the_celery_worker_pushes_its_tasks_as_the_endpoints_of_celery_worker(
     # Pushed from the worker's main process only: one exporter, one instance id.
     assert worker.output().count("pushes metrics with JSON exporter") == 1
     assert len({row[2] for b in receiver.bodies for row in b["info"]}) == 1
+
+
+def test_task_counts_read_as_the_endpoints_of_celery_worker(monkeypatch):
+    from cliffracer_core.contrib.jobs import metrics as task_metrics
+
+    counts = task_metrics.TaskCounts(["shop.email"])
+    monkeypatch.setattr(task_metrics, "counts", counts)
+    for state in ("started", "started", "started", "started"):
+        counts.count("shop.email", state)
+    counts.finish("shop.email", "success", 3_000_000)  # 3 ms
+    counts.finish("shop.email", "failure", 40_000_000_000)  # 40 s: beyond the services' buckets
+    counts.finish("shop.email", "retry", 200_000_000)  # 200 ms
+    counts.count("shop.email", "revoked")
+
+    figures = Figures(clock=1.0, info={("celery-worker", "5", "i"): 1})
+    task_metrics.read_into(figures, "celery-worker")
+    assert {
+        code: figures.requests[("celery-worker", "shop.email", code)]
+        for code in ("200", "500", "503")
+    } == {"200": 1, "500": 1, "503": 1}
+    assert figures.dropped[("celery-worker", "shop.email", "revoked")] == 1
+    # Four started, three ended: one in flight.
+    assert figures.in_flight == {("celery-worker",): 1}
+    histogram = figures.durations[("celery-worker", "shop.email")]
+    assert histogram.count == 3
+    assert histogram.buckets[-1] == 1  # the 40 s run, in +Inf
+    assert histogram.quantile(0.5) == 0.25
+    # Every exporter reads them as an endpoint's: Zabbix's items, CloudWatch's metrics.
+    sent = zabbix.values(figures, "celery-worker")
+    assert sent[zabbix.REQUESTS.format("shop.email")] == 3
+    assert sent[zabbix.SERVER_ERRORS.format("shop.email")] == 2
+    names = {datum["MetricName"] for datum in cloudwatch.metric_data(figures)}
+    assert {"Requests", "ServerErrors", "Latency"} <= names
+
+
+def test_websocket_figures_go_to_cloudwatch_and_otlp():
+    from cliffracer_core.contrib.metrics.backends.otlp import OtlpMetricsExporter
+
+    figures = Figures(
+        clock=2.0,
+        info={("web", "0.1", "i"): 1},
+        sockets={("web",): 3},
+        socket_subscriptions={("web",): 2},
+        frames_in={("web", "ping"): 5},
+        frames_out={("web", "event"): 7},
+        socket_closes={("web", "4401"): 1},
+        socket_dropped_events={("web",): 0},
+    )
+    data = {
+        (datum["MetricName"], tuple(d["Value"] for d in datum["Dimensions"])): datum["Value"]
+        for datum in cloudwatch.metric_data(figures)
+    }
+    assert data[("WebSocketConnections", ("web",))] == 3
+    assert data[("WebSocketFramesIn", ("web", "ping"))] == 5
+    assert data[("WebSocketCloses", ("web", "4401"))] == 1
+    request = OtlpMetricsExporter(endpoint="http://127.0.0.1:9/v1/metrics").request(figures)
+    metrics = {m.name: m for m in request.resource_metrics[0].scope_metrics[0].metrics}
+    assert metrics["cliffracer.websocket.connections"].gauge.data_points[0].as_int == 3
+    assert [p.as_int for p in metrics["cliffracer.websocket.frames_out"].sum.data_points] == [7]
+    # The figures of a service, which has no sockets, carry no WebSocket metrics.
+    service = Figures(clock=2.0, info={("orders", "1", "i"): 1})
+    request = OtlpMetricsExporter(endpoint="http://127.0.0.1:9/v1/metrics").request(service)
+    names = {m.name for m in request.resource_metrics[0].scope_metrics[0].metrics}
+    assert not any(name.startswith("cliffracer.websocket") for name in names)
