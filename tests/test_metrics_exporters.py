@@ -423,3 +423,54 @@ def test_websocket_figures_go_to_cloudwatch_and_otlp():
     request = OtlpMetricsExporter(endpoint="http://127.0.0.1:9/v1/metrics").request(service)
     names = {m.name for m in request.resource_metrics[0].scope_metrics[0].metrics}
     assert not any(name.startswith("cliffracer.websocket") for name in names)
+
+
+def test_each_worker_of_a_preloading_wsgi_server_pushes_its_own_figures(
+    transactional_db, nats_server, tmp_path
+):
+    import sys
+
+    from cliffracer_core.testing.plugin import ChildProcess, child_environment
+
+    port = free_port("127.0.0.1")
+    receiver = Receiver(port)
+    entry = {
+        "BACKEND": "tests.pushing.JsonExporter",
+        "OPTIONS": {"URL": f"http://127.0.0.1:{port}/push", "INTERVAL": 0.2},
+    }
+    # gunicorn loads settings.wsgi in its master, then forks the workers: the exporters'
+    # threads stay behind in the master, and each worker must start its own.
+    server = ChildProcess(
+        "gunicorn",
+        [
+            sys.executable,
+            "-m",
+            "gunicorn",
+            "--preload",
+            "--workers",
+            "2",
+            "--bind",
+            f"127.0.0.1:{free_port('127.0.0.1')}",
+            "settings.wsgi:application",
+        ],
+        log_path=tmp_path / "gunicorn.log",
+        env=child_environment(
+            nats_server,
+            {
+                "DJANGO_SETTINGS_MODULE": "tests.websocket_settings",
+                "CLIFFRACER_TEST_OVERRIDES": json.dumps({"METRICS_EXPORTERS": [entry]}),
+            },
+        ),
+    )
+
+    def instances() -> set[str]:
+        return {row[2] for body in list(receiver.bodies) for row in body["info"]}
+
+    try:
+        # The master's instance and one of each worker.
+        wait_for(lambda: len(instances()) == 3, what="three processes pushing")
+    finally:
+        server.stop()
+        receiver.close()
+    # A WSGI worker has no sockets: no WebSocket series.
+    assert all(not body["sockets"] for body in receiver.bodies)
