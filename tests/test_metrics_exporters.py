@@ -394,7 +394,7 @@ def test_task_counts_read_as_the_endpoints_of_celery_worker(monkeypatch):
     assert {"Requests", "ServerErrors", "Latency"} <= names
 
 
-def test_websocket_figures_go_to_cloudwatch_and_otlp():
+def test_websocket_figures_go_to_cloudwatch_otlp_and_zabbix():
     from cliffracer_core.contrib.metrics.backends.otlp import OtlpMetricsExporter
 
     figures = Figures(
@@ -414,6 +414,14 @@ def test_websocket_figures_go_to_cloudwatch_and_otlp():
     assert data[("WebSocketConnections", ("web",))] == 3
     assert data[("WebSocketFramesIn", ("web", "ping"))] == 5
     assert data[("WebSocketCloses", ("web", "4401"))] == 1
+    sent = zabbix.values(figures, "web")
+    assert sent["cliffracer.websocket.connections"] == 3
+    assert sent["cliffracer.websocket.frames_in"] == 5
+    assert "cliffracer.websocket.connections" not in zabbix.values(figures, "orders")
+    keys = {
+        item["key"] for item in zabbix.template(["web"])["zabbix_export"]["templates"][0]["items"]
+    }
+    assert set(zabbix.WEBSOCKET_ITEMS) <= keys
     request = OtlpMetricsExporter(endpoint="http://127.0.0.1:9/v1/metrics").request(figures)
     metrics = {m.name: m for m in request.resource_metrics[0].scope_metrics[0].metrics}
     assert metrics["cliffracer.websocket.connections"].gauge.data_points[0].as_int == 3
