@@ -17,6 +17,11 @@ tracing.configure("web")
 # Set Django up before anything imports models (consumers, routing).
 django_application = get_asgi_application()
 
+from cliffracer_core.contrib.metrics.web import start_web_exporters  # noqa: E402
+
+# The push exporters of METRICS_EXPORTERS, once per process (docs/metrics.md#push-exporters).
+start_web_exporters()
+
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 
 from cliffracer_core.contrib.channels.close_reasons import send_close_reasons  # noqa: E402

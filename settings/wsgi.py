@@ -15,3 +15,8 @@ set_process_role("web")
 tracing.configure("web")
 
 application = get_wsgi_application()
+
+from cliffracer_core.contrib.metrics.web import start_web_exporters  # noqa: E402
+
+# The push exporters of METRICS_EXPORTERS, once per process (docs/metrics.md#push-exporters).
+start_web_exporters()

@@ -33,6 +33,8 @@ class ReceivedSpan:
     parent_id: str
     attributes: dict = field(default_factory=dict)
     status: int = 0
+    # (trace id, span id) of each span linked to
+    links: list = field(default_factory=list)
 
 
 def _value(any_value) -> object:
@@ -99,6 +101,9 @@ class OtlpReceiver:
                             parent_id=span.parent_span_id.hex(),
                             attributes={a.key: _value(a.value) for a in span.attributes},
                             status=span.status.code,
+                            links=[
+                                (link.trace_id.hex(), link.span_id.hex()) for link in span.links
+                            ],
                         )
                     )
         with self._lock:

@@ -5,7 +5,7 @@ import json
 import urllib.request
 
 from cliffracer_core.contrib.metrics.backends.base import MetricsExporter
-from cliffracer_core.contrib.metrics.reading import Figures
+from cliffracer_core.contrib.metrics.reading import SERIES, Figures
 
 
 class JsonExporter(MetricsExporter):
@@ -16,10 +16,17 @@ class JsonExporter(MetricsExporter):
         self.url = url
 
     def push(self, figures: Figures) -> None:
+        # Every series as [*labels, value] rows; a histogram as its count.
         body = json.dumps(
             {
                 "clock": figures.clock,
-                "requests": [[*labels, value] for labels, value in figures.requests.items()],
+                **{
+                    name: [
+                        [*labels, getattr(value, "count", value)]
+                        for labels, value in getattr(figures, name).items()
+                    ]
+                    for name in SERIES
+                },
             }
         ).encode()
         request = urllib.request.Request(

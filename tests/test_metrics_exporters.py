@@ -254,3 +254,231 @@ def test_good_exporter_settings_pass_the_checks():
     with override_settings(CLIFFRACER={"METRICS_EXPORTERS": good}):
         ids = [message.id for message in run_checks(tags=["cliffracer"])]
     assert "cliffracer.E045" not in ids
+
+
+def rows(body: dict, series: str, *labels: str) -> list:
+    """The values of ``series`` in a pushed body whose labels start with ``labels``."""
+    return [row[-1] for row in body.get(series, []) if tuple(row[: len(labels)]) == labels]
+
+
+def test_the_web_process_pushes_its_websocket_figures(transactional_db, web_process):
+    import asyncio
+
+    from django.contrib.auth.models import User
+
+    from tests.test_websocket_processes import open_socket, token_for
+
+    port = free_port("127.0.0.1")
+    receiver = Receiver(port)
+    entry = {
+        "BACKEND": "tests.pushing.JsonExporter",
+        "OPTIONS": {"URL": f"http://127.0.0.1:{port}/push", "INTERVAL": 0.2},
+    }
+    token = token_for(User.objects.create_user("ada", password="pw-ada-12345"))
+    web = web_process(
+        DJANGO_SETTINGS_MODULE="tests.websocket_settings",
+        CLIFFRACER_TEST_OVERRIDES=json.dumps({"METRICS_EXPORTERS": [entry]}),
+    )
+
+    def pushed_with(condition) -> dict | None:
+        return next((body for body in reversed(receiver.bodies) if condition(body)), None)
+
+    async def scenario() -> dict:
+        socket = await open_socket(web.ws_url, token)
+        await socket.send(json.dumps({"type": "ping"}))
+        await socket.recv()
+        try:
+            # Pushed from the daphne process's own exporter thread while the socket is open.
+            return await asyncio.to_thread(
+                wait_for,
+                lambda: pushed_with(
+                    lambda b: (
+                        rows(b, "sockets", "web") == [1]
+                        and rows(b, "frames_in", "web", "ping") == [1]
+                    )
+                ),
+                what="the open socket and its ping pushed",
+            )
+        finally:
+            await socket.close()
+
+    try:
+        body = asyncio.run(scenario())
+        assert rows(body, "frames_in", "web", "auth") == [1]
+        assert [row[0] for row in body["info"]] == ["web"]
+        # The socket closed: the next pushes say so.
+        wait_for(
+            lambda: pushed_with(lambda b: rows(b, "sockets", "web") == [0]),
+            what="the closed socket pushed",
+        )
+    finally:
+        web.stop()
+        receiver.close()
+    assert "pushes metrics with JSON exporter" in web.output()
+
+
+def test_the_celery_worker_pushes_its_tasks_as_the_endpoints_of_celery_worker(
+    transactional_db, celery_worker_process
+):
+    from tests import jobs_tasks
+
+    port = free_port("127.0.0.1")
+    receiver = Receiver(port)
+    entry = {
+        "BACKEND": "tests.pushing.JsonExporter",
+        "OPTIONS": {"URL": f"http://127.0.0.1:{port}/push", "INTERVAL": 0.2},
+    }
+    task = "tests.jobs_tasks.context_of_task"
+    try:
+        # The default prefork pool: the task runs in a pool process, the main process pushes.
+        worker = celery_worker_process(
+            "--include",
+            "tests.jobs_tasks",
+            DJANGO_SETTINGS_MODULE="tests.websocket_settings",
+            CLIFFRACER_TEST_OVERRIDES=json.dumps({"METRICS_EXPORTERS": [entry]}),
+        )
+        jobs_tasks.context_of_task.delay().get(timeout=20)
+        body = wait_for(
+            lambda: next(
+                (
+                    b
+                    for b in reversed(receiver.bodies)
+                    if rows(b, "requests", "celery-worker", task, "200") == [1]
+                ),
+                None,
+            ),
+            what="the task's run pushed",
+        )
+        assert rows(body, "requests", "celery-worker", task, "500") == [0]
+        assert rows(body, "durations", "celery-worker", task) == [1]
+        assert rows(body, "in_flight", "celery-worker") == [0]
+        assert [row[0] for row in body["info"]] == ["celery-worker"]
+        worker.stop()
+    finally:
+        receiver.close()
+    # Pushed from the worker's main process only: one exporter, one instance id.
+    assert worker.output().count("pushes metrics with JSON exporter") == 1
+    assert len({row[2] for b in receiver.bodies for row in b["info"]}) == 1
+
+
+def test_task_counts_read_as_the_endpoints_of_celery_worker(monkeypatch):
+    from cliffracer_core.contrib.jobs import metrics as task_metrics
+
+    counts = task_metrics.TaskCounts(["shop.email"])
+    monkeypatch.setattr(task_metrics, "counts", counts)
+    for state in ("started", "started", "started", "started"):
+        counts.count("shop.email", state)
+    counts.finish("shop.email", "success", 3_000_000)  # 3 ms
+    counts.finish("shop.email", "failure", 40_000_000_000)  # 40 s: beyond the services' buckets
+    counts.finish("shop.email", "retry", 200_000_000)  # 200 ms
+    counts.count("shop.email", "revoked")
+
+    figures = Figures(clock=1.0, info={("celery-worker", "5", "i"): 1})
+    task_metrics.read_into(figures, "celery-worker")
+    assert {
+        code: figures.requests[("celery-worker", "shop.email", code)]
+        for code in ("200", "500", "503")
+    } == {"200": 1, "500": 1, "503": 1}
+    assert figures.dropped[("celery-worker", "shop.email", "revoked")] == 1
+    # Four started, three ended: one in flight.
+    assert figures.in_flight == {("celery-worker",): 1}
+    histogram = figures.durations[("celery-worker", "shop.email")]
+    assert histogram.count == 3
+    assert histogram.buckets[-1] == 1  # the 40 s run, in +Inf
+    assert histogram.quantile(0.5) == 0.25
+    # Every exporter reads them as an endpoint's: Zabbix's items, CloudWatch's metrics.
+    sent = zabbix.values(figures, "celery-worker")
+    assert sent[zabbix.REQUESTS.format("shop.email")] == 3
+    assert sent[zabbix.SERVER_ERRORS.format("shop.email")] == 2
+    names = {datum["MetricName"] for datum in cloudwatch.metric_data(figures)}
+    assert {"Requests", "ServerErrors", "Latency"} <= names
+
+
+def test_websocket_figures_go_to_cloudwatch_otlp_and_zabbix():
+    from cliffracer_core.contrib.metrics.backends.otlp import OtlpMetricsExporter
+
+    figures = Figures(
+        clock=2.0,
+        info={("web", "0.1", "i"): 1},
+        sockets={("web",): 3},
+        socket_subscriptions={("web",): 2},
+        frames_in={("web", "ping"): 5},
+        frames_out={("web", "event"): 7},
+        socket_closes={("web", "4401"): 1},
+        socket_dropped_events={("web",): 0},
+    )
+    data = {
+        (datum["MetricName"], tuple(d["Value"] for d in datum["Dimensions"])): datum["Value"]
+        for datum in cloudwatch.metric_data(figures)
+    }
+    assert data[("WebSocketConnections", ("web",))] == 3
+    assert data[("WebSocketFramesIn", ("web", "ping"))] == 5
+    assert data[("WebSocketCloses", ("web", "4401"))] == 1
+    sent = zabbix.values(figures, "web")
+    assert sent["cliffracer.websocket.connections"] == 3
+    assert sent["cliffracer.websocket.frames_in"] == 5
+    assert "cliffracer.websocket.connections" not in zabbix.values(figures, "orders")
+    keys = {
+        item["key"] for item in zabbix.template(["web"])["zabbix_export"]["templates"][0]["items"]
+    }
+    assert set(zabbix.WEBSOCKET_ITEMS) <= keys
+    request = OtlpMetricsExporter(endpoint="http://127.0.0.1:9/v1/metrics").request(figures)
+    metrics = {m.name: m for m in request.resource_metrics[0].scope_metrics[0].metrics}
+    assert metrics["cliffracer.websocket.connections"].gauge.data_points[0].as_int == 3
+    assert [p.as_int for p in metrics["cliffracer.websocket.frames_out"].sum.data_points] == [7]
+    # The figures of a service, which has no sockets, carry no WebSocket metrics.
+    service = Figures(clock=2.0, info={("orders", "1", "i"): 1})
+    request = OtlpMetricsExporter(endpoint="http://127.0.0.1:9/v1/metrics").request(service)
+    names = {m.name for m in request.resource_metrics[0].scope_metrics[0].metrics}
+    assert not any(name.startswith("cliffracer.websocket") for name in names)
+
+
+def test_each_worker_of_a_preloading_wsgi_server_pushes_its_own_figures(
+    transactional_db, nats_server, tmp_path
+):
+    import sys
+
+    from cliffracer_core.testing.plugin import ChildProcess, child_environment
+
+    port = free_port("127.0.0.1")
+    receiver = Receiver(port)
+    entry = {
+        "BACKEND": "tests.pushing.JsonExporter",
+        "OPTIONS": {"URL": f"http://127.0.0.1:{port}/push", "INTERVAL": 0.2},
+    }
+    # gunicorn loads settings.wsgi in its master, then forks the workers: the exporters'
+    # threads stay behind in the master, and each worker must start its own.
+    server = ChildProcess(
+        "gunicorn",
+        [
+            sys.executable,
+            "-m",
+            "gunicorn",
+            "--preload",
+            "--workers",
+            "2",
+            "--bind",
+            f"127.0.0.1:{free_port('127.0.0.1')}",
+            "settings.wsgi:application",
+        ],
+        log_path=tmp_path / "gunicorn.log",
+        env=child_environment(
+            nats_server,
+            {
+                "DJANGO_SETTINGS_MODULE": "tests.websocket_settings",
+                "CLIFFRACER_TEST_OVERRIDES": json.dumps({"METRICS_EXPORTERS": [entry]}),
+            },
+        ),
+    )
+
+    def instances() -> set[str]:
+        return {row[2] for body in list(receiver.bodies) for row in body["info"]}
+
+    try:
+        # The master's instance and one of each worker.
+        wait_for(lambda: len(instances()) == 3, what="three processes pushing")
+    finally:
+        server.stop()
+        receiver.close()
+    # A WSGI worker has no sockets: no WebSocket series.
+    assert all(not body["sockets"] for body in receiver.bodies)

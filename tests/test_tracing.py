@@ -103,7 +103,10 @@ def test_an_order_placed_over_rest_is_one_trace_across_the_services(
         placed = json.loads(response.read())
 
     wait_for(
-        lambda: ORDER_SPANS | {"POST /api/orders/", f"process {EMAIL_TASK}"} <= names(receiver),
+        lambda: (
+            ORDER_SPANS | {"POST /api/orders/", f"send {EMAIL_TASK}", f"process {EMAIL_TASK}"}
+            <= names(receiver)
+        ),
         "the order's spans",
         [*traced_services, web, worker, SpansSeen(receiver, TRACE_ID)],
     )
@@ -124,9 +127,21 @@ def test_an_order_placed_over_rest_is_one_trace_across_the_services(
         name="process orders.*",
         messaging__destination__name="orders.created",
     )
-    emails = [s for s in spans if s.name == f"process {EMAIL_TASK}"]
+
+    # The handler's send of the task is a producer span, the parent of the task's run. Each
+    # process exports on its own schedule: wait for the send span of every run received.
+    def sends_and_runs() -> tuple[list, list] | None:
+        spans = receiver.trace(TRACE_ID)
+        sends = [s for s in spans if s.name == f"send {EMAIL_TASK}"]
+        runs = [s for s in spans if s.name == f"process {EMAIL_TASK}"]
+        return (sends, runs) if {r.parent_id for r in runs} <= {s.span_id for s in sends} else None
+
+    sends, emails = wait_for(sends_and_runs, "a send span for each task run", [web, worker])
+    assert notifying.span_id in {send.parent_id for send in sends}
+    assert all(send.kind == Span.SPAN_KIND_PRODUCER for send in sends)
+    assert all(send.attributes["messaging.system"] == "celery" for send in sends)
+    assert all(send.attributes["messaging.message.id"] for send in sends)
     assert emails and all(email.service == "celery" for email in emails)
-    assert notifying.span_id in {email.parent_id for email in emails}
     assert all(email.kind == Span.SPAN_KIND_CONSUMER for email in emails)
 
 
@@ -245,3 +260,102 @@ def test_timer_runs_are_root_spans_and_failures_are_errors(receiver, runservice_
     assert (tick.parent_id, tick.service, tick.status) == ("", "metered", 0)
     assert broken.status == 2  # STATUS_CODE_ERROR
     assert broken.attributes["error.type"] == "internal_error"
+
+
+def test_a_handlers_queries_are_spans_under_its_span(
+    transactional_db, receiver, runservice_process
+):
+    runservice_process(
+        "metered", DJANGO_SETTINGS_MODULE="tests.metrics_settings", **tracing_environment(receiver)
+    )
+    reply = call(
+        "metered.count_users", {}, headers={"traceparent": f"00-{TRACE_ID}-{ROOT_SPAN}-01"}
+    )
+    assert reply == {"count": 0}
+    wait_for(
+        lambda: any(s.attributes.get("db.operation.name") for s in receiver.trace(TRACE_ID)),
+        "the query's span",
+        [SpansSeen(receiver, TRACE_ID)],
+    )
+    spans = receiver.trace(TRACE_ID)
+    handling = one(spans, service="metered", name="process rpc.metered.count_users")
+    queries = [s for s in spans if "db.system" in s.attributes]
+    assert queries, [(s.name, s.attributes) for s in spans]
+    for query in queries:
+        assert query.parent_id == handling.span_id
+        assert query.kind == Span.SPAN_KIND_CLIENT
+        assert query.attributes["db.system"] in ("postgresql", "sqlite")
+    counting = next(q for q in queries if "auth_user" in q.attributes["db.query.text"])
+    assert counting.attributes["db.operation.name"] == "SELECT"
+    assert counting.name.startswith("SELECT ")
+    # The statement as Django sends it, not the values of its parameters.
+    assert "COUNT(*)" in counting.attributes["db.query.text"]
+
+
+def test_websocket_frames_and_delivered_events_are_spans(
+    transactional_db, receiver, runservice_process, web_process, nats_server
+):
+    import asyncio
+
+    from django.contrib.auth.models import User
+    from nats.aio.client import Client as NatsClient
+
+    from tests.test_websocket_processes import RULES, open_socket, subscribe, token_for
+
+    runservice_process(
+        "metered", DJANGO_SETTINGS_MODULE="tests.metrics_settings", **tracing_environment(receiver)
+    )
+    web = web_process(
+        DJANGO_SETTINGS_MODULE="tests.websocket_settings",
+        CLIFFRACER_TEST_OVERRIDES=json.dumps({"SUBJECT_RULES": RULES}),
+        **tracing_environment(receiver),
+    )
+    token = token_for(User.objects.create_user("ada", password="pw-ada-12345"))
+
+    async def scenario() -> None:
+        socket = await open_socket(web.ws_url, token)
+        call_frame = {"type": "call", "id": 1, "service": "metered", "method": "echo"}
+        await socket.send(json.dumps({**call_frame, "data": {"text": "hi"}}))
+        assert json.loads(await socket.recv())["type"] == "reply"
+        assert (await subscribe(socket, "ws.public.news"))["type"] == "subscribed"
+        publisher = NatsClient()
+        await publisher.connect(nats_server.url)
+        await publisher.publish(
+            "ws.public.news",
+            b'{"headline": "traced"}',
+            headers={"traceparent": f"00-{TRACE_ID}-{ROOT_SPAN}-01"},
+        )
+        await publisher.flush()
+        assert json.loads(await asyncio.wait_for(socket.recv(), 10))["type"] == "event"
+        await publisher.close()
+        await socket.close()
+
+    asyncio.run(scenario())
+
+    def named(name: str) -> list:
+        return [span for span in receiver.spans if span.name == name]
+
+    wait_for(
+        lambda: (
+            named("receive call")
+            and named("process rpc.metered.echo")
+            and named("deliver ws.public.news")
+        ),
+        "the frame and delivery spans",
+        [web],
+    )
+    # The call frame is a root span in the web process, the parent of the call it makes.
+    (frame,) = named("receive call")
+    assert (frame.service, frame.parent_id, frame.kind) == ("web", "", Span.SPAN_KIND_SERVER)
+    assert frame.attributes["cliffracer.websocket.frame.type"] == "call"
+    calling = one(receiver.spans, name="send rpc.metered.echo", parent_id=frame.span_id)
+    served = one(receiver.spans, name="process rpc.metered.echo")
+    assert served.parent_id == calling.span_id
+    assert named("receive auth") and named("receive subscribe")
+    # The event handed to the socket: a span of its own, linked to the publisher's.
+    (delivery,) = named("deliver ws.public.news")
+    assert delivery.kind == Span.SPAN_KIND_CONSUMER
+    assert delivery.parent_id == ""
+    assert delivery.links == [(TRACE_ID, ROOT_SPAN)]
+    assert delivery.attributes["messaging.destination.name"] == "ws.public.news"
+    assert delivery.attributes["cliffracer.websocket.sockets"] == 1

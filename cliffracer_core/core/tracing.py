@@ -95,7 +95,75 @@ def configure(service_name: str) -> bool:
     _provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
     trace.set_tracer_provider(_provider)
     tracer = _provider.get_tracer("cliffracer")
+    trace_queries()
     return True
+
+
+# OpenTelemetry's ``db.system`` names of Django's database vendors.
+DATABASE_SYSTEMS = {"postgresql": "postgresql", "sqlite": "sqlite", "mysql": "mysql"}
+
+
+def trace_queries() -> None:
+    """Make each database query a client span of the current trace (``query_span``).
+
+    Installed only when tracing is on, on every connection Django opens from now on (and on
+    those already open): off, no wrapper exists and a query pays nothing.
+    """
+    from django.db import connections
+    from django.db.backends.signals import connection_created
+
+    connection_created.connect(_wrap_connection, dispatch_uid="cliffracer_trace_queries")
+    for connection in connections.all(initialized_only=True):
+        _wrap_connection(connection=connection)
+
+
+def _wrap_connection(sender: Any = None, connection: Any = None, **kwargs: Any) -> None:
+    if connection is not None and query_span not in connection.execute_wrappers:
+        connection.execute_wrappers.append(query_span)
+
+
+def query_span(
+    execute: Callable[..., Any], sql: str, params: Any, many: bool, context: dict[str, Any]
+) -> Any:
+    """A ``connection.execute_wrapper``: the query as a client span named ``SELECT orders``
+    (operation and database), with the OpenTelemetry database attributes. The text is the
+    statement Django sends, with its placeholders: never the parameters' values.
+
+    Only a query made within a recorded span (a handler, a request, a task) gets one: the
+    queries of background loops (the outbox relay's polling) would otherwise each start a
+    trace of their own, and those of a trace sampled out are not recorded either.
+    """
+    from opentelemetry.trace import SpanKind, Status, StatusCode, get_current_span
+
+    if tracer is None or not get_current_span().is_recording():
+        return execute(sql, params, many, context)
+
+    connection = context["connection"]
+    namespace = str(connection.settings_dict.get("NAME") or "")
+    if connection.vendor == "sqlite":  # a path: its file name is enough to tell it
+        namespace = os.path.basename(namespace)
+    operation = sql.split(None, 1)[0].upper() if sql.strip() else "QUERY"
+    attributes = {
+        "db.system": DATABASE_SYSTEMS.get(connection.vendor, connection.vendor),
+        "db.namespace": namespace,
+        "db.operation.name": operation,
+        "db.query.text": sql,
+    }
+    if many:
+        attributes["db.operation.batch.size"] = len(params) if hasattr(params, "__len__") else 0
+    with tracer.start_as_current_span(
+        f"{operation} {namespace}".strip(),
+        kind=SpanKind.CLIENT,
+        attributes=attributes,
+        record_exception=False,
+        set_status_on_exception=False,
+    ) as span:
+        try:
+            return execute(sql, params, many, context)
+        except Exception as error:
+            span.set_attribute("error.type", type(error).__qualname__)
+            span.set_status(Status(StatusCode.ERROR, str(error)[:200]))
+            raise
 
 
 def shutdown() -> None:
@@ -103,6 +171,9 @@ def shutdown() -> None:
     global tracer, _provider
     if _provider is not None:
         _provider.shutdown()
+        from django.db.backends.signals import connection_created
+
+        connection_created.disconnect(dispatch_uid="cliffracer_trace_queries")
     tracer = _provider = None
 
 
@@ -246,11 +317,90 @@ def timer_span(service: str, timer: str) -> Iterator[Span]:
         yield span
 
 
+@contextmanager
+def frame_span(frame_type: str, path: str) -> Iterator[Span]:
+    """A server span for a WebSocket frame handled: a root span (a socket's frames carry no
+    trace context), the parent of the calls and publishes the frame makes."""
+    from opentelemetry.context import Context
+
+    assert tracer is not None
+    with tracer.start_as_current_span(
+        f"receive {frame_type}",
+        # An empty context: a root whatever task this runs in (the hub's subscription
+        # callbacks inherit the context of the frame that subscribed).
+        context=Context(),
+        kind=_kind(SERVER),
+        attributes={"cliffracer.websocket.frame.type": frame_type, "url.path": path},
+        record_exception=False,
+        set_status_on_exception=False,
+    ) as span:
+        yield span
+
+
+@contextmanager
+def delivery_span(
+    subject: str, pattern: str, headers: MutableMapping[str, str] | None, sockets: int
+) -> Iterator[Span]:
+    """A consumer span for an event handed to a process's sockets: a root span *linked* to
+    the event's trace (every web process with subscribers delivers it, long after the
+    publisher's work ended), not its child."""
+    from opentelemetry.context import Context
+    from opentelemetry.propagate import extract
+    from opentelemetry.trace import Link, get_current_span
+
+    assert tracer is not None
+    event_context = get_current_span(extract(headers or {})).get_span_context()
+    with tracer.start_as_current_span(
+        f"deliver {pattern}",
+        # An empty context: a root whatever task this runs in (the hub's subscription
+        # callbacks inherit the context of the frame that subscribed).
+        context=Context(),
+        kind=_kind(CONSUMER),
+        attributes=_attributes(
+            "deliver",
+            subject,
+            template=pattern,
+            correlation_id=(headers or {}).get("X-Correlation-ID"),
+            extra={"cliffracer.websocket.sockets": sockets},
+        ),
+        links=[Link(event_context)] if event_context.is_valid else None,
+        record_exception=False,
+        set_status_on_exception=False,
+    ) as span:
+        span.set_attribute("messaging.operation.type", "process")
+        yield span
+
+
 def carry_current(headers: MutableMapping[str, str]) -> None:
     """Put the current span's context in ``headers`` (the headers a timer run carries)."""
     from opentelemetry.propagate import inject
 
     inject(headers)
+
+
+def start_task_send_span(name: str, task_id: str, headers: MutableMapping[str, Any]) -> Span:
+    """A producer span for sending a Celery task (ended by ``end_task_send_span`` once the
+    broker took it): the child of the context ``headers`` carry (the enqueuing code's), which
+    it replaces with its own, so the task's run is its child."""
+    from opentelemetry import trace
+    from opentelemetry.propagate import extract, inject
+
+    assert tracer is not None
+    span = tracer.start_span(
+        f"send {name}",
+        context=extract(headers),
+        kind=_kind(PRODUCER),
+        attributes={
+            "messaging.system": "celery",
+            "messaging.operation.name": "send",
+            "messaging.operation.type": "send",
+            "messaging.destination.name": name,
+            "messaging.message.id": task_id,
+            "messaging.message.conversation_id": str(headers.get("X-Correlation-ID") or ""),
+        },
+    )
+    inject(headers, context=trace.set_span_in_context(span))
+    return span
 
 
 def start_task_span(name: str, headers: MutableMapping[str, str]) -> Span:

@@ -22,6 +22,10 @@ class Ping(BaseModel):
     fail: bool = False
 
 
+class Count(BaseModel):
+    count: int
+
+
 class MeteredService(Service):
     """Public endpoints that succeed, fail and wait; an event handler; two timers."""
 
@@ -42,6 +46,13 @@ class MeteredService(Service):
     @rpc(public=True)
     async def fail(self) -> None:
         raise RuntimeError("the handler failed on purpose")
+
+    @rpc(public=True)
+    def count_users(self) -> Count:
+        """A plain handler that queries the database (its query spans are the handler's)."""
+        from django.contrib.auth.models import User
+
+        return Count(count=User.objects.count())
 
     @rpc(public=True)
     async def sleep(self, request: Sleep) -> None:

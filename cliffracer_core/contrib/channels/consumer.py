@@ -22,6 +22,7 @@ from cliffracer_core.contrib.channels.backlog import unsent_bytes
 from cliffracer_core.contrib.channels.hub import get_hub
 from cliffracer_core.contrib.channels.push import user_group
 from cliffracer_core.contrib.channels.rules import configured_rules, may, subject_error
+from cliffracer_core.core import tracing
 from cliffracer_core.core.auth.identity import Caller
 from cliffracer_core.core.auth.tokens import (
     SESSION_TOKEN_LIFETIME,
@@ -108,7 +109,12 @@ class EventsConsumer(AsyncWebsocketConsumer):
             await self.close_with(protocol.CLOSE_NOT_AUTHENTICATED, "first frame was not auth")
             return
         try:
-            await self.dispatch_frame(frame)
+            if tracing.tracer is None:
+                await self.dispatch_frame(frame)
+            else:
+                # A call frame's task starts inside the span, and inherits it as its parent.
+                with tracing.frame_span(frame.type, self.scope.get("path", "")):
+                    await self.dispatch_frame(frame)
         except Exception:  # never a traceback to the client, never the process down
             logger.exception("Handling a %s frame failed.", frame.type)
             await self.send_text(
@@ -344,6 +350,8 @@ class EventsConsumer(AsyncWebsocketConsumer):
             return
         correlation_id = new_correlation_id()
         headers = {AUTHORIZATION: await self.bearer(), CORRELATION_ID: correlation_id}
+        if tracing.tracer is not None:
+            tracing.carry_current(headers)  # the call is the frame span's child
         try:
             data = await acall(f"{frame.service}.{frame.method}", frame.data, headers=headers)
         except (RemoteError, ServiceError) as error:
@@ -376,6 +384,8 @@ class EventsConsumer(AsyncWebsocketConsumer):
             return
         correlation_id = new_correlation_id()
         headers = {AUTHORIZATION: await self.bearer(), CORRELATION_ID: correlation_id}
+        if tracing.tracer is not None:
+            tracing.carry_current(headers)  # the publish is the frame span's child
         try:
             await apublish(frame.subject, frame.data, headers=headers)
         except RemoteError as error:

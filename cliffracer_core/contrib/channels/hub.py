@@ -14,6 +14,7 @@ from typing import Protocol
 
 from cliffracer_core.contrib.channels import metrics
 from cliffracer_core.contrib.channels.protocol import event_frame
+from cliffracer_core.core import tracing
 from cliffracer_core.core.headers import CORRELATION_ID
 from cliffracer_core.transports import persistent_transport
 from cliffracer_core.transports.base import Message as Msg
@@ -40,6 +41,16 @@ class Pattern:
         self.subscription: Subscription | None = None
 
     async def on_message(self, message: Msg) -> None:
+        if tracing.tracer is None:
+            self.hand_out(message)
+            return
+        with tracing.delivery_span(
+            message.subject, self.subject, message.headers, len(self.listeners)
+        ):
+            self.hand_out(message)
+
+    def hand_out(self, message: Msg) -> None:
+        """Turn the event into a frame once and give it to every listening socket."""
         headers = message.headers
         frame = event_frame(
             message.subject, message.data, headers.get(CORRELATION_ID) if headers else None

@@ -28,7 +28,9 @@ import pydantic_core
 from celery import signals
 
 from cliffracer_core.contrib.jobs import metrics
+from cliffracer_core.contrib.metrics.backends.base import MetricsExporter, start_exporters
 from cliffracer_core.contrib.metrics.exporter import MetricsServer, parse_ports, start_exporter
+from cliffracer_core.contrib.metrics.reading import Figures, read_process
 from cliffracer_core.core import discovery, tracing
 from cliffracer_core.core.client import background_loop
 from cliffracer_core.core.context import set_process_role
@@ -161,6 +163,8 @@ def user_tasks(app: Any) -> list[str]:
 # What this process runs as, once a worker or beat started here.
 component: Component | None = None
 exporter: MetricsServer | None = None
+# The worker's push exporters (METRICS_EXPORTERS), in its main process only.
+pushers: list[MetricsExporter] = []
 
 
 def on_worker_init(sender: Any = None, **kwargs: Any) -> None:
@@ -174,7 +178,7 @@ def on_worker_init(sender: Any = None, **kwargs: Any) -> None:
 
 def on_worker_ready(sender: Any = None, **kwargs: Any) -> None:
     """The worker consumes: serve its metrics and answer discovery."""
-    global component, exporter
+    global component, exporter, pushers
     if sender is None:
         return
     app = sender.app
@@ -200,6 +204,18 @@ def on_worker_ready(sender: Any = None, **kwargs: Any) -> None:
         stats=worker_stats,
     )
     component.start()
+    # Here, in the worker's main process, after the pool forked: the pool's processes count
+    # into the shared array this process reads, and never run exporters of their own.
+    pushers = start_exporters(read_worker_figures, process=WORKER_NAME)
+
+
+def read_worker_figures() -> Figures:
+    """The worker's figures now: its tasks as the endpoints of ``celery-worker``
+    (``metrics.read_into``), and the call policies' figures of its main process."""
+    instance_id = component.identity.id if component is not None else ""
+    figures = read_process(WORKER_NAME, version=celery.__version__, instance_id=instance_id)
+    metrics.read_into(figures, WORKER_NAME)
+    return figures
 
 
 def worker_stats() -> dict[str, str]:
@@ -231,8 +247,11 @@ def start_worker_metrics() -> MetricsServer | None:
 
 
 def on_worker_shutdown(**kwargs: Any) -> None:
-    """Every task has ended: stop answering, and stop serving metrics."""
-    global component, exporter
+    """Every task has ended: stop answering, push the last figures, stop serving metrics."""
+    global component, exporter, pushers
+    for pusher in pushers:
+        pusher.stop()
+    pushers = []
     if component is not None:
         component.stop()
         component = None

@@ -42,15 +42,44 @@ _entered: dict[str, _Tokens] = {}
 _lock = threading.Lock()
 
 
-def before_task_publish(headers: dict[str, Any] | None = None, **kwargs: Any) -> None:
-    """Put the current correlation id and trace context in the message of a task being sent."""
-    values = current_headers.get()
-    if headers is None or not values:
+# The send spans of tasks being published (tracing on), by task id: opened before the
+# message goes to the broker, ended once it went. A publish that raised never says so: past
+# this many, the oldest span is ended as it is, so failed publishes cannot pile up.
+_sending: dict[str, Any] = {}
+MAX_SENDING = 1000
+
+
+def before_task_publish(
+    sender: Any = None, headers: dict[str, Any] | None = None, **kwargs: Any
+) -> None:
+    """Put the current correlation id and trace context in the message of a task being sent;
+    with tracing on, open its send span, whose context the message carries instead."""
+    if headers is None:
         return
+    values = current_headers.get()
     for name in TASK_HEADERS:
-        value = values.get(name)
+        value = values.get(name) if values else None
         if value and name not in headers:
             headers[name] = value
+    task_id = headers.get("id")
+    if tracing.tracer is not None and task_id:
+        span = tracing.start_task_send_span(str(headers.get("task") or sender), task_id, headers)
+        with _lock:
+            _sending[task_id] = span
+            stale = _sending.pop(next(iter(_sending))) if len(_sending) > MAX_SENDING else None
+        if stale is not None:
+            stale.end()
+
+
+def after_task_publish(headers: dict[str, Any] | None = None, **kwargs: Any) -> None:
+    """End the send span of the task the broker just took."""
+    task_id = (headers or {}).get("id")
+    if not task_id or not _sending:
+        return
+    with _lock:
+        span = _sending.pop(task_id, None)
+    if span is not None:
+        span.end()
 
 
 def headers_of_task(request: Any) -> dict[str, str]:
@@ -120,6 +149,9 @@ def task_postrun(task_id: str | None = None, **kwargs: Any) -> None:
 def connect() -> None:
     signals.before_task_publish.connect(
         before_task_publish, weak=False, dispatch_uid="cliffracer_jobs_before_task_publish"
+    )
+    signals.after_task_publish.connect(
+        after_task_publish, weak=False, dispatch_uid="cliffracer_jobs_after_task_publish"
     )
     signals.task_prerun.connect(task_prerun, weak=False, dispatch_uid="cliffracer_jobs_prerun")
     signals.task_postrun.connect(task_postrun, weak=False, dispatch_uid="cliffracer_jobs_postrun")

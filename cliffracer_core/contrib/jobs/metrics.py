@@ -5,6 +5,14 @@ own process receives them; both count into ``TaskCounts``, an array in memory sh
 the fork, so the one exporter of the worker's process (``components``) serves the figures of
 all of them. The array is made when the worker starts (``worker_init``), before the pool forks,
 with a row per registered task; the threads and solo pools use it the same way.
+
+``read_into`` gives the same counts to the worker's push exporters, in the shape every
+exporter already knows (``reading.Figures``): the worker is a service named ``celery-worker``
+whose endpoints are its tasks. A run that ended is a request answered, with the code a
+service would give: success ``200``, failure ``500``, retry ``503`` (it will run again);
+revoked, rejected and ignored tasks are requests dropped, by that reason; tasks started and
+not yet ended are in flight; run times go into the services' latency buckets (the task
+buckets up to 10 s are among them; longer runs count in +Inf).
 """
 
 from __future__ import annotations
@@ -22,6 +30,9 @@ from prometheus_client import REGISTRY
 from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
+
+from cliffracer_core.contrib.metrics.reading import Figures, Histogram
+from cliffracer_core.core.figures import DURATION_BUCKETS as RPC_BUCKETS
 
 # Task states counted, as Celery names them (lower case): received by the worker, started by a
 # pool process, and how each run ended.
@@ -113,6 +124,36 @@ class TaskCounts:
             for name, (states, _, _) in self.snapshot().items()
             if any(states.values())
         }
+
+
+# How a task's end maps onto the request series of a service (see the module's docstring).
+RUN_CODES = {"success": "200", "failure": "500", "retry": "503"}
+DROPPED_STATES = ("revoked", "rejected", "ignored")
+# Each task bucket's index among the services' buckets (+Inf for bounds beyond theirs).
+_RPC_BUCKET_OF = tuple(
+    RPC_BUCKETS.index(bound) if bound in RPC_BUCKETS else len(RPC_BUCKETS)
+    for bound in DURATION_BUCKETS
+) + (len(RPC_BUCKETS),)
+
+
+def read_into(figures: Figures, process: str) -> None:
+    """Add the worker's task figures to ``figures`` as the service ``process``."""
+    if counts is None:
+        return
+    running = 0
+    for name, (states, buckets, total_ns) in counts.snapshot().items():
+        if name == OTHER_TASK and not any(states.values()):
+            continue
+        for state, code in RUN_CODES.items():
+            figures.requests[(process, name, code)] = states[state]
+        for state in DROPPED_STATES:
+            figures.dropped[(process, name, state)] = states[state]
+        latency = [0] * (len(RPC_BUCKETS) + 1)
+        for index, count in zip(_RPC_BUCKET_OF, buckets, strict=True):
+            latency[index] += count
+        figures.durations[(process, name)] = Histogram(latency, total_ns / 1e9)
+        running += max(states["started"] - sum(buckets), 0)
+    figures.in_flight[(process,)] = running
 
 
 class TaskCollector(Collector):

@@ -95,6 +95,20 @@ def metric_data(increase: Figures) -> list[dict[str, Any]]:
     for (service, target, reason), count in sorted(increase.rejections.items()):
         where = {"Service": service, "Target": target, "Reason": reason}
         data.append(_datum("CallRejections", where, clock, "Count", Value=float(count)))
+    # The web process's sockets (docs/metrics.md#push-exporters).
+    for name, series, dimension in (
+        ("WebSocketConnections", increase.sockets, None),
+        ("WebSocketSubscriptions", increase.socket_subscriptions, None),
+        ("WebSocketFramesIn", increase.frames_in, "Type"),
+        ("WebSocketFramesOut", increase.frames_out, "Kind"),
+        ("WebSocketCloses", increase.socket_closes, "Code"),
+        ("WebSocketDroppedEvents", increase.socket_dropped_events, None),
+    ):
+        for labels, value in sorted(series.items()):
+            where = {"Service": labels[0]}
+            if dimension is not None:
+                where[dimension] = labels[1]
+            data.append(_datum(name, where, clock, "Count", Value=float(value)))
     return data
 
 

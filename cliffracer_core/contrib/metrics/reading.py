@@ -91,6 +91,19 @@ class Figures:
     fallbacks: dict[Labels, float] = field(default_factory=dict)
     # (calling service, target) -> the target's circuit breaker: 0 closed, 1 half-open, 2 open
     breakers: dict[Labels, float] = field(default_factory=dict)
+    # The web process's WebSocket figures (``contrib.channels.metrics``), by process name:
+    # (process,) -> open sockets
+    sockets: dict[Labels, float] = field(default_factory=dict)
+    # (process,) -> NATS subscriptions held for the sockets
+    socket_subscriptions: dict[Labels, float] = field(default_factory=dict)
+    # (process, frame type) -> frames received
+    frames_in: dict[Labels, float] = field(default_factory=dict)
+    # (process, kind) -> frames handed to sockets
+    frames_out: dict[Labels, float] = field(default_factory=dict)
+    # (process, close code) -> sockets the server closed
+    socket_closes: dict[Labels, float] = field(default_factory=dict)
+    # (process,) -> events a slow socket did not get
+    socket_dropped_events: dict[Labels, float] = field(default_factory=dict)
 
     def services(self) -> list[str]:
         """The names of the services read, sorted."""
@@ -119,7 +132,7 @@ class Figures:
 # The label-keyed series of ``Figures``; the gauges among them are values at the clock, the
 # rest (but the histograms) counters.
 SERIES = tuple(found.name for found in fields(Figures) if found.name != "clock")
-GAUGES = ("in_flight", "info", "breakers")
+GAUGES = ("in_flight", "info", "breakers", "sockets", "socket_subscriptions")
 
 
 def increase(current: Figures, previous: Figures | None) -> Figures:
@@ -187,6 +200,16 @@ def read_figures(services: Iterable[ServiceMetrics]) -> Figures:
     services = figures.services()
     if services:
         read_calls(figures, services[0])
+    return figures
+
+
+def read_process(name: str, *, version: str, instance_id: str) -> Figures:
+    """The figures of a process that runs no service (the web process, the Celery worker),
+    under ``name``: its info and the call policies' figures of the calls it makes. Its own
+    series (WebSocket, tasks) are added by whoever records them."""
+    figures = Figures(clock=time.time())
+    figures.info[(name, version, instance_id)] = 1
+    read_calls(figures, name)
     return figures
 
 

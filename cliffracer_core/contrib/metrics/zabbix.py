@@ -49,6 +49,21 @@ RETRIES = "cliffracer.call.retries[{}]"
 REJECTIONS = "cliffracer.call.rejections[{}]"
 FALLBACKS = "cliffracer.call.fallbacks[{}]"
 BREAKER = "cliffracer.breaker.state[{}]"
+# The web process's sockets (items of every host; only the web host sends them).
+WEBSOCKET_ITEMS = {
+    "cliffracer.websocket.connections": ("WebSocket connections open", "sockets"),
+    "cliffracer.websocket.subscriptions": (
+        "NATS subscriptions for WebSocket sockets",
+        "socket_subscriptions",
+    ),
+    "cliffracer.websocket.frames_in": ("WebSocket frames received", "frames_in"),
+    "cliffracer.websocket.frames_out": ("WebSocket frames sent", "frames_out"),
+    "cliffracer.websocket.closes": ("WebSockets closed by the server", "socket_closes"),
+    "cliffracer.websocket.dropped_events": (
+        "Events a slow WebSocket did not get",
+        "socket_dropped_events",
+    ),
+}
 # The breaker state's value while open (core.breaker.STATE_VALUES).
 BREAKER_OPEN = 2
 
@@ -120,6 +135,13 @@ def values(increase: Figures, service: str) -> dict[str, float]:
         )
         sent[FALLBACKS.format(parameter)] = increase.fallbacks[(service, target)]
         sent[BREAKER.format(parameter)] = increase.breakers[(service, target)]
+    if any(labels[0] == service for labels in increase.sockets):
+        # Totals over their labels (frame types, kinds, close codes): the per-label series
+        # are in OTLP and CloudWatch; here one item each keeps the template short.
+        for key, (_, series) in WEBSOCKET_ITEMS.items():
+            sent[key] = sum(
+                value for labels, value in getattr(increase, series).items() if labels[0] == service
+            )
     return sent
 
 
@@ -300,6 +322,10 @@ def template(services: list[str]) -> dict[str, Any]:
                             ],
                         ),
                         _item("NATS reconnects", RECONNECTS, "UNSIGNED"),
+                        *(
+                            _item(name, key, "UNSIGNED")
+                            for key, (name, _) in WEBSOCKET_ITEMS.items()
+                        ),
                     ],
                     "discovery_rules": [endpoint_rule, event_rule, timer_rule, calls_rule],
                     "macros": [
@@ -346,6 +372,11 @@ def _dashboard_widgets() -> list[dict[str, Any]]:
             }
         )
     return widgets
+
+
+# The processes that run no service but push under a name of their own (the web process's
+# calls, the Celery worker's tasks as endpoints): each gets a host too.
+PROCESSES = ("celery-worker", "web")
 
 
 def installed_services() -> list[str]:

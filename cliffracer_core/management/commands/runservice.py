@@ -14,6 +14,7 @@ from django.core.management.base import BaseCommand, CommandParser
 
 from cliffracer_core.contrib.metrics.backends.base import MetricsExporter, make_exporters
 from cliffracer_core.contrib.metrics.exporter import MetricsServer, parse_ports, start_exporter
+from cliffracer_core.contrib.metrics.reading import read_figures
 from cliffracer_core.contrib.metrics.registry import collector
 from cliffracer_core.core import tracing
 from cliffracer_core.core.apps import ServiceAppConfig
@@ -197,7 +198,7 @@ def start_pushing(runner: ServiceRunner, pushers: list[MetricsExporter]) -> None
     exporter) and start the push exporters' threads."""
     collector.track(runner.metrics)
     for pusher in pushers:
-        pusher.start(collector.services)
+        pusher.start(lambda: read_figures(collector.services()))
         logger.info("Service %s: pushing metrics with %s.", runner.name, pusher.name)
 
 

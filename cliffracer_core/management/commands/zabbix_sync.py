@@ -7,14 +7,20 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from cliffracer_core.contrib.metrics.zabbix import HOST_FORMAT, installed_services, sync
+from cliffracer_core.contrib.metrics.zabbix import (
+    HOST_FORMAT,
+    PROCESSES,
+    installed_services,
+    sync,
+)
 from cliffracer_core.dev.console import USAGE_ERROR
 
 
 class Command(BaseCommand):
     help = (
         "Import the Cliffracer template into Zabbix (configuration.import) and create one host "
-        "per installed service linked to it. The password comes from ZABBIX_PASSWORD, or an "
+        "per installed service (and for the web process and the Celery worker) linked to it. "
+        "The password comes from ZABBIX_PASSWORD, or an "
         "API token from ZABBIX_TOKEN, never from the command line."
     )
 
@@ -42,7 +48,7 @@ class Command(BaseCommand):
                 api = ZabbixAPI(url=options["url"], token=token)
             else:
                 api = ZabbixAPI(url=options["url"], user=options["user"], password=password)
-            hosts = sync(api, installed_services(), options["host_format"])
+            hosts = sync(api, [*installed_services(), *PROCESSES], options["host_format"])
             api.logout()
         except (APIRequestError, ProcessingError, OSError) as error:
             raise CommandError(f"Zabbix at {options['url']}: {error}") from None

@@ -21,8 +21,7 @@ from typing import Any
 from django.core.exceptions import ImproperlyConfigured
 from django.utils.module_loading import import_string
 
-from cliffracer_core.contrib.metrics.reading import Figures, read_figures
-from cliffracer_core.core.figures import ServiceMetrics
+from cliffracer_core.contrib.metrics.reading import Figures
 
 logger = logging.getLogger("cliffracer.metrics")
 
@@ -45,7 +44,7 @@ class MetricsExporter:
         if not interval > 0:
             raise ImproperlyConfigured(f"{self.name}: INTERVAL must be positive, not {interval}")
         self.interval = float(interval)
-        self._sources: Callable[[], Iterable[ServiceMetrics]] = list
+        self._read: Callable[[], Figures] | None = None
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
         self.failures = 0
@@ -58,9 +57,9 @@ class MetricsExporter:
     def close_connection(self) -> None:
         """Let go of the connection to the server, if the exporter keeps one."""
 
-    def start(self, sources: Callable[[], Iterable[ServiceMetrics]]) -> None:
-        """Push the figures of ``sources()`` from a daemon thread until ``stop``."""
-        self._sources = sources
+    def start(self, read: Callable[[], Figures]) -> None:
+        """Push the figures ``read()`` returns from a daemon thread until ``stop``."""
+        self._read = read
         self._thread = threading.Thread(
             target=self._run, name=f"cliffracer-{type(self).__name__}", daemon=True
         )
@@ -80,8 +79,10 @@ class MetricsExporter:
 
     def push_once(self) -> bool:
         """Read the figures and push them; log a failure. True when the push succeeded."""
+        if self._read is None:
+            return False
         try:
-            self.push(read_figures(self._sources()))
+            self.push(self._read())
         except Exception as error:  # any failure of the server, the network or the library
             self.failures += 1
             if self.failures == 1:
@@ -142,3 +143,23 @@ def make_exporters(entries: Iterable[dict[str, Any]]) -> list[MetricsExporter]:
                 f"METRICS_EXPORTERS: {entry['BACKEND']!r}: {error}"
             ) from error
     return made
+
+
+def start_exporters(read: Callable[[], Figures], *, process: str) -> list[MetricsExporter]:
+    """Make the exporters ``METRICS_EXPORTERS`` names and start them reading ``read``.
+
+    For processes that run no service (the web process, the Celery worker): a configuration
+    error costs them their push exporters, not their work; it is logged here and reported by
+    the system check ``cliffracer.E045``.
+    """
+    from cliffracer_core.core.settings import cliffracer_settings
+
+    try:
+        exporters = make_exporters(cliffracer_settings.METRICS_EXPORTERS)
+    except ImproperlyConfigured as error:
+        logger.error("The %s process pushes no metrics: %s.", process, error)
+        return []
+    for exporter in exporters:
+        exporter.start(read)
+        logger.info("The %s process pushes metrics with %s.", process, exporter.name)
+    return exporters

@@ -6,7 +6,8 @@ temporality: each push is the whole state, so a push lost costs nothing but its 
 Names follow OpenTelemetry's style (``cliffracer.rpc.requests``, ``cliffracer.rpc.duration``
 in seconds with the same bucket bounds as Prometheus; the call policies' ``cliffracer.calls``,
 ``cliffracer.call.retries``, ``.rejections``, ``.fallbacks`` and the gauge
-``cliffracer.circuit_breaker.state``, by calling service and target).
+``cliffracer.circuit_breaker.state``, by calling service and target; the web process's
+``cliffracer.websocket.*``).
 """
 
 from __future__ import annotations
@@ -141,6 +142,44 @@ class OtlpMetricsExporter(MetricsExporter):
             self._gauge(
                 scope, "cliffracer.rpc.in_flight", "{request}", mine.in_flight, now, ("service",)
             )
+            if mine.sockets:  # only a web process that serves sockets has them
+                self._gauge(
+                    scope,
+                    "cliffracer.websocket.connections",
+                    "{connection}",
+                    mine.sockets,
+                    now,
+                    ("service",),
+                )
+                self._gauge(
+                    scope,
+                    "cliffracer.websocket.subscriptions",
+                    "{subscription}",
+                    mine.socket_subscriptions,
+                    now,
+                    ("service",),
+                )
+                for name, values, names in (
+                    ("cliffracer.websocket.frames_in", mine.frames_in, ("service", "type")),
+                    ("cliffracer.websocket.frames_out", mine.frames_out, ("service", "kind")),
+                ):
+                    self._sum(scope, name, "{frame}", values, now, names)
+                self._sum(
+                    scope,
+                    "cliffracer.websocket.closes",
+                    "{close}",
+                    mine.socket_closes,
+                    now,
+                    ("service", "code"),
+                )
+                self._sum(
+                    scope,
+                    "cliffracer.websocket.dropped_events",
+                    "{event}",
+                    mine.socket_dropped_events,
+                    now,
+                    ("service",),
+                )
             duration = scope.metrics.add(name="cliffracer.rpc.duration", unit="s")
             duration.histogram.aggregation_temporality = CUMULATIVE
             for labels, histogram in sorted(mine.durations.items()):
