@@ -18,6 +18,7 @@ from pathlib import Path
 import nats
 import pytest
 
+from cliffracer_core.core.client import rpc_subject
 from cliffracer_core.dev.loadtest.generator import service_stats
 from cliffracer_core.testing.plugin import (
     ServiceProcess,
@@ -43,8 +44,16 @@ def testservice(nats_server, tmp_path_factory):
         process.stop()
 
 
-def loadtest_command(*arguments: str) -> list[str]:
-    return [sys.executable, "manage.py", "loadtest", *arguments]
+def loadtest_command(*arguments: str, record: bool = False) -> list[str]:
+    """The command; ``--no-record`` unless ``record``: these runs have no test database, and
+    must not write to the developer's (the records are tested in test_loadtest_records.py)."""
+    return [
+        sys.executable,
+        "manage.py",
+        "loadtest",
+        *arguments,
+        *([] if record else ["--no-record"]),
+    ]
 
 
 def environment() -> dict[str, str]:
@@ -201,6 +210,13 @@ def test_a_throughput_out_of_reach_fails(testservice):
         (["testservice.echo", "--event", "a.b"], "give one of an endpoint"),
         (["testservice.echo", "--processes", "0"], "--processes must be between 1 and 64"),
         (["testservice.echo", "--baseline", "/no/such.json"], "--baseline: cannot read"),
+        (["testservice.echo", "--body", '{"text": "{pad}"}'], "needs a size range"),
+        (["testservice.echo", "--body-size", "1KB..2KB"], 'mark it "{pad}"'),
+        (["--body-size", "1KB"], "--body and --body-size go with"),
+        (
+            ["testservice.echo", "--body", '{"text": "{pad}"}', "--body-size", "9KB..1KB"],
+            "the body size '9KB..1KB': the low end is above the high end",
+        ),
     ],
 )
 def test_usage_mistakes_are_one_line_and_exit_code_2(testservice, arguments, message):
@@ -389,6 +405,67 @@ def test_an_invalid_scenario_is_one_line_and_exit_code_2(tmp_path, scenario, mes
     assert result.returncode == 2, result.stdout + result.stderr
     [line] = result.stderr.strip().splitlines()
     assert message in line
+
+
+# Bodies that vary
+
+
+def test_padded_bodies_span_the_size_range_and_stay_valid(testservice, nats_server):
+    subscriber = Subscriber(nats_server.url, rpc_subject("testservice.echo"))
+    try:
+        result = loadtest(
+            "testservice.echo", "--body", '{"text": "{pad}"}', "--body-size", "100B..50KB",
+            "-c", "4", "-n", "60", "--seed", "5", "--json",
+        )  # fmt: skip
+        assert result.returncode == 0, result.stderr
+        wait_for(lambda: len(subscriber.bodies) >= 60, 15, what="60 requests")
+    finally:
+        subscriber.stop()
+    summary = figures(result)
+    # Every body was a valid Text for the echo endpoint: all 60 answered, none refused.
+    assert summary["ok"] == accounted(summary) == 60
+    sizes = sorted(len(body) for body in subscriber.bodies)
+    assert len(sizes) == 60
+    assert 100 <= sizes[0] < 1000 and 10_000 < sizes[-1] <= 50_000
+    assert len(set(sizes)) > 50
+    target = summary["plan"]["targets"][0]
+    assert target["body_varies"] is True
+    assert (target["body_bytes_min"], target["body_bytes_max"]) == (sizes[0], sizes[-1])
+
+
+def test_generated_fields_vary_per_request_in_a_scenario(testservice, nats_server, tmp_path):
+    (tmp_path / "vary.toml").write_text(
+        """
+        requests = 90
+        users = 3
+        seed = 2
+
+        [[targets]]
+        rpc = "testservice.sleep"
+        weight = 2
+        body = { seconds = "{float:0..0.002}", tag = "{int:1..5}" }
+
+        [[targets]]
+        rpc = "testservice.refuse"
+        body = { code = "{choice:404,409,429}" }
+        """
+    )
+    subscriber = Subscriber(nats_server.url, rpc_subject("testservice.sleep"))
+    try:
+        result = loadtest("--scenario", str(tmp_path / "vary.toml"), "--json")
+        summary = figures(result)
+        sleeps = summary["targets"]["testservice.sleep"]["requests"]
+        wait_for(lambda: len(subscriber.bodies) >= sleeps, 15, what="the sleep requests")
+    finally:
+        subscriber.stop()
+    assert accounted(summary) == 90
+    assert summary["targets"]["testservice.sleep"]["ok"] == sleeps
+    tags = [json.loads(body)["tag"] for body in subscriber.bodies]
+    assert set(tags) == {1, 2, 3, 4, 5}
+    assert all(0 <= json.loads(body)["seconds"] <= 0.002 for body in subscriber.bodies)
+    refusals = summary["targets"]["testservice.refuse"]
+    assert set(refusals["errors_by_code"]) == {"404", "409", "429"}
+    assert sum(refusals["errors_by_code"].values()) == refusals["requests"] == 90 - sleeps
 
 
 # Event targets

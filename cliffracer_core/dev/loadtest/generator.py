@@ -81,6 +81,11 @@ class Generator:
         }
         self.loop = asyncio.get_running_loop()
         self.start = 0.0
+        if plan.seed is not None:
+            # Each process of the run makes its own bodies, repeatably.
+            for target in plan.targets:
+                if target.payload is not None:
+                    target.payload.seed(plan.seed * 1000 + plan.share)
 
     def elapsed(self) -> float:
         return self.loop.time() - self.start
@@ -164,12 +169,15 @@ class Generator:
         headers = self.anonymous_headers if target.public else self.headers
         headers = {**headers, CORRELATION_ID: new_correlation_id()}
         invalid = self.plan.takes_invalid(target)
-        body = INVALID_BODY if invalid else target.body
+        if invalid:
+            body = INVALID_BODY
+        else:
+            body = target.body if target.payload is None else target.payload.make()
         try:
             if target.kind == "http":
                 outcome = await self.send_http(target, headers, body)
             elif target.kind == "event":
-                await publish_message(self.transport, target.subject, target.body, headers)
+                await publish_message(self.transport, target.subject, body, headers)
                 outcome = OK
             else:
                 message = await self.transport.request(

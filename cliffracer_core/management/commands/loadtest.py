@@ -1,8 +1,9 @@
 """``manage.py loadtest service.method``: load a running system and measure it.
 
 A thin command over ``cliffracer_core.dev.loadtest``: it reads the options into a plan, sends
-the load, prints the summary (or the JSON), writes the HTML report, and exits 1 when the run
-failed (a ``--fail-on`` threshold missed, or no request succeeded), so it can gate CI.
+the load, prints the summary (or the JSON), writes the HTML report, records the run where the
+admin lists it (``--no-record``: not), and exits 1 when the run failed (a ``--fail-on``
+threshold missed, or no request succeeded), so it can gate CI.
 """
 
 from __future__ import annotations
@@ -43,6 +44,7 @@ from cliffracer_core.dev.loadtest.processes import (
     Workers,
     parse_share,
 )
+from cliffracer_core.dev.loadtest.records import RecordError, save_record, shown_command
 from cliffracer_core.dev.loadtest.report import render_html
 from cliffracer_core.dev.loadtest.scenarios import (
     PRESETS,
@@ -139,6 +141,12 @@ class Command(BaseCommand):
             "endpoint's request schema ($SRV.INFO).",
         )
         parser.add_argument(
+            "--body-size",
+            metavar="RANGE",
+            help='Pad the body\'s "{pad}" field so bodies span this size range, e.g. '
+            "100B..50KB (docs/loadtest.md#bodies-that-vary).",
+        )
+        parser.add_argument(
             "--event",
             metavar="SUBJECT",
             help="Publish events on SUBJECT (with --body) instead of calling an endpoint.",
@@ -228,6 +236,11 @@ class Command(BaseCommand):
             default=1,
             help="Send from N processes (this one and N-1 copies), merged into one result.",
         )
+        parser.add_argument(
+            "--no-record",
+            action="store_true",
+            help="Do not save the run in the database (the admin's load-test reports).",
+        )
         parser.add_argument("--share", help=argparse.SUPPRESS)
         parser.add_argument("--seed", type=int, help="Seed the choice among weighted targets.")
         add_header_argument(parser)
@@ -294,12 +307,26 @@ class Command(BaseCommand):
             self.stdout.write(json.dumps(summary, indent=2, default=str))
         else:
             self.stdout.write("\n".join(text))
+        html = render_html(summary, text) if report is not None else ""
         if report is not None:
-            write_atomically(report, render_html(summary, text))
+            write_atomically(report, html)
             self.stderr.write(f"report: {report}")
+        if not options["no_record"]:
+            self.record(summary, html)
         if not summary["passed"]:
             self.stderr.write("load test failed: " + "; ".join(summary["failures"]))
             sys.exit(FAILURE)
+
+    def record(self, summary: dict[str, Any], html: str) -> None:
+        """Save the run for the admin; a database that refuses costs a warning, not the run."""
+        try:
+            # The command line as typed; none when called from code (call_command).
+            typed = sys.argv[1:] if sys.argv[1:2] == ["loadtest"] else []
+            number = save_record(summary, report_html=html, command=shown_command(typed))
+        except RecordError as error:
+            self.stderr.write(f"warning: the run is not recorded in the database: {error}")
+            return
+        self.stderr.write(f"recorded: load-test report {number} (in the admin)")
 
     def share(self, options: dict[str, Any]) -> tuple[int, int] | None:
         """This process's share of a run sent by several (--share, set by --processes)."""
@@ -355,13 +382,17 @@ class Command(BaseCommand):
         if named:
             kind = {"target": "rpc", "event": "event", "http": "http"}[named[0]]
             spec = TargetSpec(
-                options[named[0]], kind=kind, body=options["body"], method=options["method"] or ""
+                options[named[0]],
+                kind=kind,
+                body=options["body"],
+                method=options["method"] or "",
+                body_size=options["body_size"],
             )
             layer.update(targets=[spec], base=Path.cwd())
-        elif options["body"] is not None:
+        elif options["body"] is not None or options["body_size"] is not None:
             raise usage(
-                "--body goes with a target on the command line; a scenario's targets "
-                "have their own."
+                "--body and --body-size go with a target on the command line; a scenario's "
+                "targets have their own (body, body_size)."
             )
         if options["method"] and not options["http"]:
             raise usage("--method goes with --http URL.")
