@@ -17,7 +17,9 @@ from pathlib import Path
 
 import nats
 import pytest
+from pydantic import BaseModel
 
+from cliffracer_core import Service, event
 from cliffracer_core.core.client import rpc_subject
 from cliffracer_core.dev.loadtest.generator import service_stats
 from cliffracer_core.testing.plugin import (
@@ -213,6 +215,8 @@ def test_a_throughput_out_of_reach_fails(testservice):
         (["testservice.echo", "--body", '{"text": "{pad}"}'], "needs a size range"),
         (["testservice.echo", "--body-size", "1KB..2KB"], 'mark it "{pad}"'),
         (["--body-size", "1KB"], "--body and --body-size go with"),
+        (["testservice.echo", "--clients", "5"], "--clients goes with --websocket URL"),
+        (["--event", "a.b", "--body", "{}", "--websocket", "http://x/"], "is not a ws:// or"),
         (
             ["testservice.echo", "--body", '{"text": "{pad}"}', "--body-size", "9KB..1KB"],
             "the body size '9KB..1KB': the low end is above the high end",
@@ -525,6 +529,89 @@ def test_an_event_needs_a_body(nats_server):
     assert "give a body" in result.stderr
 
 
+# --until-handled
+
+
+class Work(BaseModel):
+    seconds: float = 0.0
+
+
+def make_workers(service_name: str, worked: list, audited: list) -> type[Service]:
+    class Workers(Service):
+        """A queue-group handler that takes its time, and a broadcast one on every instance."""
+
+        name = service_name
+
+        @event(f"{service_name}.work", public=True)
+        async def work(self, job: Work) -> None:
+            await asyncio.sleep(job.seconds)
+            worked.append(job.seconds)
+
+        @event(f"{service_name}.>", broadcast=True, public=True)
+        async def audit(self, job: Work) -> None:
+            audited.append(job.seconds)
+
+    return Workers
+
+
+@pytest.fixture
+def workers(start_service, unique_name):
+    """Two instances of a service with event handlers, on the suite's NATS."""
+    name = f"lt{unique_name}"
+    worked, audited = [], []
+    for _ in range(2):
+        start_service(make_workers(name, worked, audited))
+    return name, worked, audited
+
+
+def test_until_handled_waits_for_every_handler_and_measures_to_their_completion(workers):
+    name, worked, audited = workers
+    result = loadtest(
+        "--event", f"{name}.work", "--body", '{"seconds": 0.02}', "--rate", "40", "-d", "1s",
+        "--until-handled", "--json",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    summary = figures(result)
+    handled = summary["handled"]
+    assert handled["published"] == handled["handled"] == summary["ok"] == 40
+    assert handled["all_handled"] is True
+    # The queue group's handler took each event once, the broadcast one on both instances.
+    by_handler = {row["handler"]: row for row in handled["handlers"]}
+    assert set(by_handler) == {f"{name}.work", f"{name}.audit"}
+    assert by_handler[f"{name}.work"]["outcomes"]["ok"] == len(worked) == 40
+    assert by_handler[f"{name}.audit"]["outcomes"]["ok"] == len(audited) == 80
+    assert (by_handler[f"{name}.audit"]["broadcast"], by_handler[f"{name}.audit"]["instances"]) == (
+        True,
+        2,
+    )
+    # No event can count as handled before its handler's 20 ms sleep is over.
+    assert handled["latency"]["min"] >= 0.02
+    assert sum(row["events"] for row in handled["timeline"]) == 40
+    assert handled["catch_up"] is not None
+
+
+def test_events_not_handled_within_the_timeout_fail_the_run(workers):
+    name, worked, _ = workers
+    result = loadtest(
+        "--event", f"{name}.work", "--body", '{"seconds": 3}', "-n", "3", "--timeout", "0.5s",
+        "--until-handled", "--json",
+    )  # fmt: skip
+    assert result.returncode == 1
+    handled = figures(result)["handled"]
+    assert (handled["published"], handled["handled"], handled["all_handled"]) == (3, 0, False)
+    assert "3 of 3 events were not handled within 500 ms of the last publish" in result.stderr
+
+
+def test_until_handled_needs_events_that_something_handles(testservice, nats_server):
+    nobody = loadtest("--event", "loadtest.unheard", "--body", "{}", "-n", "1", "--until-handled")
+    assert nobody.returncode == 2
+    [line] = nobody.stderr.strip().splitlines()
+    assert "no running service handles events on loadtest.unheard" in line
+    rpc = loadtest("testservice.echo", "-n", "1", "--until-handled")
+    assert rpc.returncode == 2
+    assert "--until-handled goes with event targets" in rpc.stderr
+
+
 # HTTP targets and --user
 
 
@@ -580,6 +667,73 @@ def test_user_calls_as_that_user(testservice, web_process, transactional_db, nat
     nobody = run("testservice.sleeping_now", "--user", "nobody")
     assert nobody.returncode == 2
     assert nobody.stderr.strip() == "CommandError: --user: no user 'nobody'."
+
+
+# WebSocket clients
+
+
+@pytest.fixture
+def websocket_url(web_process, transactional_db):
+    """/ws/events/ of a daphne process on the suite's NATS, where any signed-in user may
+    subscribe to ws.public.>, and a user (loadtester) to sign in as."""
+    from django.contrib.auth.models import User
+
+    User.objects.create_user("loadtester", password="unused-in-this-test")
+    rules = [{"subject": "ws.public.>", "subscribe": []}]
+    web = web_process(
+        "web",
+        DJANGO_SETTINGS_MODULE="tests.websocket_settings",
+        CLIFFRACER_TEST_OVERRIDES=json.dumps({"SUBJECT_RULES": rules}),
+    )
+    return web.url.replace("http://", "ws://") + "/ws/events/"
+
+
+def test_websocket_clients_get_every_event_and_their_delivery_is_measured(
+    websocket_url, nats_server, unique_name
+):
+    subject = f"ws.public.{unique_name}"
+    result = subprocess.run(
+        loadtest_command(
+            "--event", subject, "--body", '{"n": 1}', "--rate", "20", "-d", "1s",
+            "--websocket", websocket_url, "--clients", "3", "--user", "loadtester", "--json",
+        ),
+        cwd=project_root(),
+        env=child_environment(nats_server, {}),
+        capture_output=True,
+        text=True,
+        timeout=90,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    summary = figures(result)
+    frames = summary["websocket"]
+    assert summary["ok"] == frames["events"] == 20
+    assert frames["delivered"] == frames["expected"] == 60
+    assert frames["all_delivered"] is True
+    assert frames["foreign_frames"] == 0
+    assert sum(row["frames"] for row in frames["timeline"]) == 60
+    assert frames["latency"]["max"] is not None
+
+
+def test_websocket_clients_that_cannot_subscribe_end_the_run_in_one_line(
+    websocket_url, nats_server
+):
+    def run(*arguments: str) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            loadtest_command("--body", "{}", "-n", "1", "--websocket", websocket_url, *arguments),
+            cwd=project_root(),
+            env=child_environment(nats_server, {}),
+            capture_output=True,
+            text=True,
+            timeout=90,
+        )
+
+    refused = run("--event", "ws.private.thing", "--user", "loadtester")
+    assert refused.returncode == 1
+    [line] = refused.stderr.strip().splitlines()
+    assert "--websocket: cannot subscribe to ws.private.thing over the WebSocket" in line
+    anonymous = run("--event", "ws.public.thing")
+    assert anonymous.returncode == 2
+    assert "the clients sign in; give --user NAME" in anonymous.stderr
 
 
 # --processes

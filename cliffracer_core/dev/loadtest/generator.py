@@ -81,6 +81,11 @@ class Generator:
         }
         self.loop = asyncio.get_running_loop()
         self.start = 0.0
+        # --until-handled: the planned times of the events published (handled.py reads them).
+        self.published: list[float] | None = None
+        # --websocket: each event's correlation id and planned time (websocket.py matches the
+        # frames to them).
+        self.correlations: dict[str, float] | None = None
         if plan.seed is not None:
             # Each process of the run makes its own bodies, repeatably.
             for target in plan.targets:
@@ -177,8 +182,13 @@ class Generator:
             if target.kind == "http":
                 outcome = await self.send_http(target, headers, body)
             elif target.kind == "event":
+                if self.correlations is not None:
+                    # Before the publish: its frame may come back before the publish returns.
+                    self.correlations[headers[CORRELATION_ID]] = planned
                 await publish_message(self.transport, target.subject, body, headers)
                 outcome = OK
+                if self.published is not None:
+                    self.published.append(planned)
             else:
                 message = await self.transport.request(
                     target.subject, body, headers=headers, timeout=self.plan.timeout
