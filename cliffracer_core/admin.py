@@ -1,4 +1,5 @@
-"""The operations console's entry on the admin index.
+"""The operations console's entry on the admin index, and the load-test reports
+(``cliffracer_core.dev.loadtest.admin``).
 
 ``ServicesConsole`` has no table; registering it puts "Services" under "Cliffracer" on the
 admin index (and in the admin's sidebar) for users with ``view_services``, and its list is a
@@ -18,6 +19,10 @@ from django.shortcuts import redirect
 from django.urls import URLPattern, path
 
 from cliffracer_core.contrib.operations.models import ServicesConsole
+from cliffracer_core.dev.loadtest.admin import LoadTestReportAdmin
+from cliffracer_core.dev.loadtest.models import LoadTestReport
+
+admin.site.register(LoadTestReport, LoadTestReportAdmin)
 
 
 @admin.register(ServicesConsole)

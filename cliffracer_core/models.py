@@ -1,6 +1,6 @@
-"""The root app's models: the monitor's tables and the console's permissions, defined by the
-integrations that use them (``contrib.monitor``, ``contrib.operations``) and registered here,
-where their migrations have always been."""
+"""The root app's models: the monitor's tables, the console's permissions and the load-test
+records, defined by the parts that use them (``contrib.monitor``, ``contrib.operations``,
+``dev.loadtest``) and registered here, where their migrations have always been."""
 
 from cliffracer_core.contrib.monitor.models import (
     EndpointMinute,
@@ -9,5 +9,13 @@ from cliffracer_core.contrib.monitor.models import (
     ServiceMinute,
 )
 from cliffracer_core.contrib.operations.models import ServicesConsole
+from cliffracer_core.dev.loadtest.models import LoadTestReport
 
-__all__ = ["EndpointMinute", "ErrorRecord", "InstanceSnapshot", "ServiceMinute", "ServicesConsole"]
+__all__ = [
+    "EndpointMinute",
+    "ErrorRecord",
+    "InstanceSnapshot",
+    "LoadTestReport",
+    "ServiceMinute",
+    "ServicesConsole",
+]

@@ -3,6 +3,7 @@ schedule and the verdict. The command against real processes is in test_loadtest
 
 import json
 import random
+import re
 
 import pytest
 from pydantic import BaseModel, Field
@@ -10,7 +11,13 @@ from pydantic import BaseModel, Field
 from cliffracer_core.dev.loadtest.baseline import BaselineError, compare, read_baseline
 from cliffracer_core.dev.loadtest.generator import invalid_outcome
 from cliffracer_core.dev.loadtest.histogram import Histogram
-from cliffracer_core.dev.loadtest.payloads import PayloadError, example_from_schema, read_body
+from cliffracer_core.dev.loadtest.payloads import (
+    BodyTemplate,
+    PayloadError,
+    example_from_schema,
+    parse_size,
+    read_body,
+)
 from cliffracer_core.dev.loadtest.plan import CLOSED, OPEN, LoadPlan, Stage, Target
 from cliffracer_core.dev.loadtest.results import UNBOUNDED, Recorder, summarize
 from cliffracer_core.dev.loadtest.scenarios import (
@@ -179,6 +186,93 @@ def test_bodies_come_inline_or_from_a_file(tmp_path):
         read_body("@missing.json", base=tmp_path)
     with pytest.raises(PayloadError, match="is not valid JSON"):
         read_body("{nope")
+
+
+# Bodies that vary
+
+
+class LineItem(BaseModel):
+    sku: str
+    quantity: int = Field(ge=1, le=5)
+
+
+class Basket(BaseModel):
+    basket_id: str
+    lines: list[LineItem] = Field(min_length=1)
+    weight: float
+    note: str = ""
+
+
+BASKET = {
+    "basket_id": "{uuid}",
+    "lines": ["{repeat:1..4}", {"sku": "{choice:A,B,C}", "quantity": "{int:1..5}"}],
+    "weight": "{float:0.5..2}",
+    "note": "{text:0..20}",
+}
+
+
+def test_generated_fields_vary_within_their_ranges_and_stay_valid():
+    template = BodyTemplate(BASKET)
+    template.seed(1)
+    bodies = [Basket.model_validate_json(template.make()) for _ in range(200)]
+    skus = {line.sku for body in bodies for line in body.lines}
+    assert skus == {"A", "B", "C"}
+    assert {line.quantity for body in bodies for line in body.lines} == {1, 2, 3, 4, 5}
+    assert {len(body.lines) for body in bodies} == {1, 2, 3, 4}
+    assert all(0.5 <= body.weight <= 2 for body in bodies)
+    assert len({body.basket_id for body in bodies}) == 200
+    assert {len(body.note) for body in bodies} <= set(range(21))
+    assert len({len(body.note) for body in bodies}) > 10
+
+
+def test_the_same_seed_makes_the_same_bodies_but_for_text():
+    first, second = BodyTemplate(BASKET), BodyTemplate(BASKET)
+    first.seed(7)
+    second.seed(7)
+    for _ in range(20):
+        one, other = json.loads(first.make()), json.loads(second.make())
+        one.pop("note"), other.pop("note")
+        assert one == other
+
+
+def test_choices_are_json_values_and_a_double_brace_is_a_literal():
+    template = BodyTemplate({"code": "{choice:404,true,x}", "raw": "{{int:1..2}"})
+    values = [json.loads(template.make()) for _ in range(100)]
+    assert {value["code"] for value in values} == {404, True, "x"}
+    assert {value["raw"] for value in values} == {"{int:1..2}"}
+
+
+def test_padded_bodies_span_the_size_range():
+    low, high = parse_size("100B"), parse_size("50KB")
+    assert (low, high, parse_size("2KiB"), parse_size("1.5MB")) == (100, 50000, 2048, 1500000)
+    template = BodyTemplate({"text": "{pad}", "n": "{int:1..9}"}, size=(low, high))
+    template.seed(3)
+    sizes = [len(template.make()) for _ in range(300)]
+    assert all(low <= size <= high for size in sizes)
+    # Log-uniform over 100 B .. 50 KB: every decade gets its share.
+    assert sum(size < 1000 for size in sizes) > 50
+    assert sum(size > 10_000 for size in sizes) > 50
+    assert (template.smallest, template.largest) == (min(sizes), max(sizes))
+
+
+@pytest.mark.parametrize(
+    ("body", "size", "message"),
+    [
+        ({"text": "{pad}"}, None, "needs a size range"),
+        ({"text": "x"}, (1, 10), 'mark it "{pad}"'),
+        ({"a": "{pad}", "b": "{pad}"}, (1, 10), "one field only"),
+        ({"n": "{int:5..1}"}, None, "the low end is above the high end"),
+        ({"n": "{int:a..b}"}, None, "is not a whole number"),
+        ({"n": "{int}"}, None, "needs a range"),
+        ({"n": "{choice}"}, None, "needs options"),
+        ({"n": ["{repeat:1..2}", 1, 2]}, None, "exactly one item"),
+        ({"n": "{repeat:1..2}"}, None, "goes first in an array"),
+        ({"n": "{text:1..big}"}, None, "is not a size"),
+    ],
+)
+def test_a_template_that_cannot_make_bodies_is_refused(body, size, message):
+    with pytest.raises(PayloadError, match=re.escape(message)):
+        BodyTemplate(body, size=size)
 
 
 # Plans

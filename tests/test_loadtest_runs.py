@@ -17,7 +17,10 @@ from pathlib import Path
 
 import nats
 import pytest
+from pydantic import BaseModel
 
+from cliffracer_core import Service, event
+from cliffracer_core.core.client import rpc_subject
 from cliffracer_core.dev.loadtest.generator import service_stats
 from cliffracer_core.testing.plugin import (
     ServiceProcess,
@@ -43,8 +46,16 @@ def testservice(nats_server, tmp_path_factory):
         process.stop()
 
 
-def loadtest_command(*arguments: str) -> list[str]:
-    return [sys.executable, "manage.py", "loadtest", *arguments]
+def loadtest_command(*arguments: str, record: bool = False) -> list[str]:
+    """The command; ``--no-record`` unless ``record``: these runs have no test database, and
+    must not write to the developer's (the records are tested in test_loadtest_records.py)."""
+    return [
+        sys.executable,
+        "manage.py",
+        "loadtest",
+        *arguments,
+        *([] if record else ["--no-record"]),
+    ]
 
 
 def environment() -> dict[str, str]:
@@ -201,6 +212,15 @@ def test_a_throughput_out_of_reach_fails(testservice):
         (["testservice.echo", "--event", "a.b"], "give one of an endpoint"),
         (["testservice.echo", "--processes", "0"], "--processes must be between 1 and 64"),
         (["testservice.echo", "--baseline", "/no/such.json"], "--baseline: cannot read"),
+        (["testservice.echo", "--body", '{"text": "{pad}"}'], "needs a size range"),
+        (["testservice.echo", "--body-size", "1KB..2KB"], 'mark it "{pad}"'),
+        (["--body-size", "1KB"], "--body and --body-size go with"),
+        (["testservice.echo", "--clients", "5"], "--clients goes with --websocket URL"),
+        (["--event", "a.b", "--body", "{}", "--websocket", "http://x/"], "is not a ws:// or"),
+        (
+            ["testservice.echo", "--body", '{"text": "{pad}"}', "--body-size", "9KB..1KB"],
+            "the body size '9KB..1KB': the low end is above the high end",
+        ),
     ],
 )
 def test_usage_mistakes_are_one_line_and_exit_code_2(testservice, arguments, message):
@@ -391,6 +411,67 @@ def test_an_invalid_scenario_is_one_line_and_exit_code_2(tmp_path, scenario, mes
     assert message in line
 
 
+# Bodies that vary
+
+
+def test_padded_bodies_span_the_size_range_and_stay_valid(testservice, nats_server):
+    subscriber = Subscriber(nats_server.url, rpc_subject("testservice.echo"))
+    try:
+        result = loadtest(
+            "testservice.echo", "--body", '{"text": "{pad}"}', "--body-size", "100B..50KB",
+            "-c", "4", "-n", "60", "--seed", "5", "--json",
+        )  # fmt: skip
+        assert result.returncode == 0, result.stderr
+        wait_for(lambda: len(subscriber.bodies) >= 60, 15, what="60 requests")
+    finally:
+        subscriber.stop()
+    summary = figures(result)
+    # Every body was a valid Text for the echo endpoint: all 60 answered, none refused.
+    assert summary["ok"] == accounted(summary) == 60
+    sizes = sorted(len(body) for body in subscriber.bodies)
+    assert len(sizes) == 60
+    assert 100 <= sizes[0] < 1000 and 10_000 < sizes[-1] <= 50_000
+    assert len(set(sizes)) > 50
+    target = summary["plan"]["targets"][0]
+    assert target["body_varies"] is True
+    assert (target["body_bytes_min"], target["body_bytes_max"]) == (sizes[0], sizes[-1])
+
+
+def test_generated_fields_vary_per_request_in_a_scenario(testservice, nats_server, tmp_path):
+    (tmp_path / "vary.toml").write_text(
+        """
+        requests = 90
+        users = 3
+        seed = 2
+
+        [[targets]]
+        rpc = "testservice.sleep"
+        weight = 2
+        body = { seconds = "{float:0..0.002}", tag = "{int:1..5}" }
+
+        [[targets]]
+        rpc = "testservice.refuse"
+        body = { code = "{choice:404,409,429}" }
+        """
+    )
+    subscriber = Subscriber(nats_server.url, rpc_subject("testservice.sleep"))
+    try:
+        result = loadtest("--scenario", str(tmp_path / "vary.toml"), "--json")
+        summary = figures(result)
+        sleeps = summary["targets"]["testservice.sleep"]["requests"]
+        wait_for(lambda: len(subscriber.bodies) >= sleeps, 15, what="the sleep requests")
+    finally:
+        subscriber.stop()
+    assert accounted(summary) == 90
+    assert summary["targets"]["testservice.sleep"]["ok"] == sleeps
+    tags = [json.loads(body)["tag"] for body in subscriber.bodies]
+    assert set(tags) == {1, 2, 3, 4, 5}
+    assert all(0 <= json.loads(body)["seconds"] <= 0.002 for body in subscriber.bodies)
+    refusals = summary["targets"]["testservice.refuse"]
+    assert set(refusals["errors_by_code"]) == {"404", "409", "429"}
+    assert sum(refusals["errors_by_code"].values()) == refusals["requests"] == 90 - sleeps
+
+
 # Event targets
 
 
@@ -448,6 +529,89 @@ def test_an_event_needs_a_body(nats_server):
     assert "give a body" in result.stderr
 
 
+# --until-handled
+
+
+class Work(BaseModel):
+    seconds: float = 0.0
+
+
+def make_workers(service_name: str, worked: list, audited: list) -> type[Service]:
+    class Workers(Service):
+        """A queue-group handler that takes its time, and a broadcast one on every instance."""
+
+        name = service_name
+
+        @event(f"{service_name}.work", public=True)
+        async def work(self, job: Work) -> None:
+            await asyncio.sleep(job.seconds)
+            worked.append(job.seconds)
+
+        @event(f"{service_name}.>", broadcast=True, public=True)
+        async def audit(self, job: Work) -> None:
+            audited.append(job.seconds)
+
+    return Workers
+
+
+@pytest.fixture
+def workers(start_service, unique_name):
+    """Two instances of a service with event handlers, on the suite's NATS."""
+    name = f"lt{unique_name}"
+    worked, audited = [], []
+    for _ in range(2):
+        start_service(make_workers(name, worked, audited))
+    return name, worked, audited
+
+
+def test_until_handled_waits_for_every_handler_and_measures_to_their_completion(workers):
+    name, worked, audited = workers
+    result = loadtest(
+        "--event", f"{name}.work", "--body", '{"seconds": 0.02}', "--rate", "40", "-d", "1s",
+        "--until-handled", "--json",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    summary = figures(result)
+    handled = summary["handled"]
+    assert handled["published"] == handled["handled"] == summary["ok"] == 40
+    assert handled["all_handled"] is True
+    # The queue group's handler took each event once, the broadcast one on both instances.
+    by_handler = {row["handler"]: row for row in handled["handlers"]}
+    assert set(by_handler) == {f"{name}.work", f"{name}.audit"}
+    assert by_handler[f"{name}.work"]["outcomes"]["ok"] == len(worked) == 40
+    assert by_handler[f"{name}.audit"]["outcomes"]["ok"] == len(audited) == 80
+    assert (by_handler[f"{name}.audit"]["broadcast"], by_handler[f"{name}.audit"]["instances"]) == (
+        True,
+        2,
+    )
+    # No event can count as handled before its handler's 20 ms sleep is over.
+    assert handled["latency"]["min"] >= 0.02
+    assert sum(row["events"] for row in handled["timeline"]) == 40
+    assert handled["catch_up"] is not None
+
+
+def test_events_not_handled_within_the_timeout_fail_the_run(workers):
+    name, worked, _ = workers
+    result = loadtest(
+        "--event", f"{name}.work", "--body", '{"seconds": 3}', "-n", "3", "--timeout", "0.5s",
+        "--until-handled", "--json",
+    )  # fmt: skip
+    assert result.returncode == 1
+    handled = figures(result)["handled"]
+    assert (handled["published"], handled["handled"], handled["all_handled"]) == (3, 0, False)
+    assert "3 of 3 events were not handled within 500 ms of the last publish" in result.stderr
+
+
+def test_until_handled_needs_events_that_something_handles(testservice, nats_server):
+    nobody = loadtest("--event", "loadtest.unheard", "--body", "{}", "-n", "1", "--until-handled")
+    assert nobody.returncode == 2
+    [line] = nobody.stderr.strip().splitlines()
+    assert "no running service handles events on loadtest.unheard" in line
+    rpc = loadtest("testservice.echo", "-n", "1", "--until-handled")
+    assert rpc.returncode == 2
+    assert "--until-handled goes with event targets" in rpc.stderr
+
+
 # HTTP targets and --user
 
 
@@ -503,6 +667,73 @@ def test_user_calls_as_that_user(testservice, web_process, transactional_db, nat
     nobody = run("testservice.sleeping_now", "--user", "nobody")
     assert nobody.returncode == 2
     assert nobody.stderr.strip() == "CommandError: --user: no user 'nobody'."
+
+
+# WebSocket clients
+
+
+@pytest.fixture
+def websocket_url(web_process, transactional_db):
+    """/ws/events/ of a daphne process on the suite's NATS, where any signed-in user may
+    subscribe to ws.public.>, and a user (loadtester) to sign in as."""
+    from django.contrib.auth.models import User
+
+    User.objects.create_user("loadtester", password="unused-in-this-test")
+    rules = [{"subject": "ws.public.>", "subscribe": []}]
+    web = web_process(
+        "web",
+        DJANGO_SETTINGS_MODULE="tests.websocket_settings",
+        CLIFFRACER_TEST_OVERRIDES=json.dumps({"SUBJECT_RULES": rules}),
+    )
+    return web.url.replace("http://", "ws://") + "/ws/events/"
+
+
+def test_websocket_clients_get_every_event_and_their_delivery_is_measured(
+    websocket_url, nats_server, unique_name
+):
+    subject = f"ws.public.{unique_name}"
+    result = subprocess.run(
+        loadtest_command(
+            "--event", subject, "--body", '{"n": 1}', "--rate", "20", "-d", "1s",
+            "--websocket", websocket_url, "--clients", "3", "--user", "loadtester", "--json",
+        ),
+        cwd=project_root(),
+        env=child_environment(nats_server, {}),
+        capture_output=True,
+        text=True,
+        timeout=90,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    summary = figures(result)
+    frames = summary["websocket"]
+    assert summary["ok"] == frames["events"] == 20
+    assert frames["delivered"] == frames["expected"] == 60
+    assert frames["all_delivered"] is True
+    assert frames["foreign_frames"] == 0
+    assert sum(row["frames"] for row in frames["timeline"]) == 60
+    assert frames["latency"]["max"] is not None
+
+
+def test_websocket_clients_that_cannot_subscribe_end_the_run_in_one_line(
+    websocket_url, nats_server
+):
+    def run(*arguments: str) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            loadtest_command("--body", "{}", "-n", "1", "--websocket", websocket_url, *arguments),
+            cwd=project_root(),
+            env=child_environment(nats_server, {}),
+            capture_output=True,
+            text=True,
+            timeout=90,
+        )
+
+    refused = run("--event", "ws.private.thing", "--user", "loadtester")
+    assert refused.returncode == 1
+    [line] = refused.stderr.strip().splitlines()
+    assert "--websocket: cannot subscribe to ws.private.thing over the WebSocket" in line
+    anonymous = run("--event", "ws.public.thing")
+    assert anonymous.returncode == 2
+    assert "the clients sign in; give --user NAME" in anonymous.stderr
 
 
 # --processes

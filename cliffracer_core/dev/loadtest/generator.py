@@ -81,6 +81,16 @@ class Generator:
         }
         self.loop = asyncio.get_running_loop()
         self.start = 0.0
+        # --until-handled: the planned times of the events published (handled.py reads them).
+        self.published: list[float] | None = None
+        # --websocket: each event's correlation id and planned time (websocket.py matches the
+        # frames to them).
+        self.correlations: dict[str, float] | None = None
+        if plan.seed is not None:
+            # Each process of the run makes its own bodies, repeatably.
+            for target in plan.targets:
+                if target.payload is not None:
+                    target.payload.seed(plan.seed * 1000 + plan.share)
 
     def elapsed(self) -> float:
         return self.loop.time() - self.start
@@ -164,13 +174,21 @@ class Generator:
         headers = self.anonymous_headers if target.public else self.headers
         headers = {**headers, CORRELATION_ID: new_correlation_id()}
         invalid = self.plan.takes_invalid(target)
-        body = INVALID_BODY if invalid else target.body
+        if invalid:
+            body = INVALID_BODY
+        else:
+            body = target.body if target.payload is None else target.payload.make()
         try:
             if target.kind == "http":
                 outcome = await self.send_http(target, headers, body)
             elif target.kind == "event":
-                await publish_message(self.transport, target.subject, target.body, headers)
+                if self.correlations is not None:
+                    # Before the publish: its frame may come back before the publish returns.
+                    self.correlations[headers[CORRELATION_ID]] = planned
+                await publish_message(self.transport, target.subject, body, headers)
                 outcome = OK
+                if self.published is not None:
+                    self.published.append(planned)
             else:
                 message = await self.transport.request(
                     target.subject, body, headers=headers, timeout=self.plan.timeout

@@ -36,8 +36,18 @@ class Target:
     weight: float = 1.0
     public: bool = False  # declared public: called anonymously, as its usual callers do
     method: str = ""
+    # A BodyTemplate (payloads.py) when the body varies: a new body per request, and ``body``
+    # is the first one made.
+    payload: Any = field(default=None, compare=False)
 
     def describe(self) -> dict[str, Any]:
+        varying = {}
+        if self.payload is not None:
+            varying = {
+                "body_varies": True,
+                "body_bytes_min": self.payload.smallest,
+                "body_bytes_max": self.payload.largest,
+            }
         return {
             "name": self.name,
             "kind": self.kind,
@@ -46,6 +56,7 @@ class Target:
             "body_bytes": len(self.body),
             "public": self.public,
             **({"method": self.method} if self.method else {}),
+            **varying,
         }
 
 

@@ -381,6 +381,10 @@ def render(summary: dict[str, Any]) -> list[str]:
             f"note       the generator sent up to {format_seconds(summary['max_send_lag'])} late "
             "(counted in the latencies): it may be the bottleneck."
         )
+    if summary.get("handled"):
+        lines += render_handled(summary["handled"])
+    if summary.get("websocket"):
+        lines += render_websocket(summary["websocket"])
     if len(summary["targets"]) > 1:
         lines += ["", *format_table(TARGET_HEADINGS, target_rows(summary))]
     if summary.get("server"):
@@ -431,6 +435,39 @@ def server_rows(server: dict[str, Any]) -> list[list[Any]]:
         for name, figures in sorted(server["endpoints"].items())
         if figures["num_requests"] or name in server.get("targets", ())
     ]
+
+
+def render_handled(handled: dict[str, Any]) -> list[str]:
+    """--until-handled: how many events the handlers finished, and how long that took."""
+    names = ", ".join(handler["handler"] for handler in handled["handlers"])
+    lines = [f"handled    {handled['handled']} of {handled['published']} events by {names}"]
+    latency = handled["latency"]
+    if handled["handled"]:
+        lines.append(
+            "until handled  "
+            + "  ".join(f"{key} {shown_seconds(latency.get(key))}" for key in LATENCY_SHOWN)
+            + f"  (each at most {format_seconds(handled['poll_interval'])} and a STATS round "
+            "trip late)"
+        )
+    if handled["catch_up"] is not None:
+        lines.append(f"caught up  {shown_seconds(handled['catch_up'])} after the last publish")
+    return lines
+
+
+def render_websocket(websocket: dict[str, Any]) -> list[str]:
+    """--websocket: the frames the subscribed clients got, and how long they took."""
+    lines = [
+        f"websocket  {websocket['delivered']} of {websocket['expected']} event frames to "
+        f"{websocket['clients']} clients on {websocket['url']}"
+    ]
+    latency = websocket["latency"]
+    if websocket["delivered"]:
+        lines.append(
+            "delivery   "
+            + "  ".join(f"{key} {shown_seconds(latency.get(key))}" for key in LATENCY_SHOWN)
+            + "  (publish to frame)"
+        )
+    return lines
 
 
 def render_server(server: dict[str, Any]) -> list[str]:

@@ -189,7 +189,7 @@ SCENARIO_KEYS = {
     "timeout", "think", "requests", "fail_on", "seed", "targets", "invalid",
 }  # fmt: skip
 STAGE_KEYS = {"duration", "target"}
-TARGET_KEYS = {"rpc", "event", "http", "method", "weight", "body", "body_file"}
+TARGET_KEYS = {"rpc", "event", "http", "method", "weight", "body", "body_file", "body_size"}
 
 
 def scenario_layer(path: Path) -> dict[str, Any]:
@@ -299,6 +299,7 @@ def _target(target: Any, index: int) -> TargetSpec:
         body=f"@{target['body_file']}" if "body_file" in target else None,
         data=target.get("body"),
         weight=_number(target.get("weight", 1), f"{where}'s weight"),
+        body_size=str(target["body_size"]) if "body_size" in target else None,
     )
 
 

@@ -15,7 +15,15 @@ from typing import Any, Literal
 from cliffracer_core.core import codec
 from cliffracer_core.core.client import rpc_subject
 from cliffracer_core.core.discovery import request_all
-from cliffracer_core.dev.loadtest.payloads import PayloadError, example_from_schema, read_body
+from cliffracer_core.dev.loadtest.payloads import (
+    BodyTemplate,
+    PayloadError,
+    example_from_schema,
+    is_template,
+    parse_range,
+    parse_size,
+    read_body,
+)
 from cliffracer_core.dev.loadtest.plan import Target
 from cliffracer_core.dev.loadtest.webclient import Endpoint
 from cliffracer_core.transports.base import Transport
@@ -41,6 +49,7 @@ class TargetSpec:
     data: Any = None
     weight: float = 1.0
     method: str = ""  # HTTP: GET, or POST when there is a body
+    body_size: str | None = None  # "100B..50KB": the {pad} field fills bodies to this range
 
 
 async def resolve(
@@ -82,18 +91,39 @@ async def resolve(
             data = _given(spec, base)
             if data is None:
                 data = example_from_schema(schema)
+        payload = _template(spec, data)
+        if payload is not None:
+            # The first body checks the generators; the sizes shown are those sent.
+            body = payload.make()
+            payload.smallest = payload.largest = None
+        else:
+            body = b"" if spec.kind == "http" and data is None else codec.encode(data)
         resolved.append(
             Target(
                 public=spec.kind == "event" or public,
                 name=spec.name,
                 kind=spec.kind,
                 subject=subject,
-                body=b"" if spec.kind == "http" and data is None else codec.encode(data),
+                body=body,
                 weight=spec.weight,
                 method=method,
+                payload=payload,
             )
         )
     return resolved
+
+
+def _template(spec: TargetSpec, data: Any) -> BodyTemplate | None:
+    """The body's generators (payloads.py), when it has any or a size range is asked."""
+    if spec.body_size is None and not is_template(data):
+        return None
+    size = None
+    try:
+        if spec.body_size is not None:
+            size = parse_range(spec.body_size, parse_size, "the body size")
+        return BodyTemplate(data, size=size)
+    except (PayloadError, ValueError) as error:
+        raise TargetError(f"{spec.name}: {error}") from None
 
 
 def _given(spec: TargetSpec, base: Path | None) -> Any:

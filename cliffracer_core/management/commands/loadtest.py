@@ -1,14 +1,16 @@
 """``manage.py loadtest service.method``: load a running system and measure it.
 
 A thin command over ``cliffracer_core.dev.loadtest``: it reads the options into a plan, sends
-the load, prints the summary (or the JSON), writes the HTML report, and exits 1 when the run
-failed (a ``--fail-on`` threshold missed, or no request succeeded), so it can gate CI.
+the load, prints the summary (or the JSON), writes the HTML report, records the run where the
+admin lists it (``--no-record``: not), and exits 1 when the run failed (a ``--fail-on``
+threshold missed, or no request succeeded), so it can gate CI.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import signal
 import sys
@@ -35,6 +37,7 @@ from cliffracer_core.dev.console import (
 from cliffracer_core.dev.loadtest import results
 from cliffracer_core.dev.loadtest.baseline import BaselineError, read_baseline
 from cliffracer_core.dev.loadtest.generator import Generator, service_stats, stats_difference
+from cliffracer_core.dev.loadtest.handled import HandledError, HandledWatch, find_handlers
 from cliffracer_core.dev.loadtest.plan import CLOSED, OPEN, LoadPlan
 from cliffracer_core.dev.loadtest.processes import (
     READY,
@@ -43,6 +46,7 @@ from cliffracer_core.dev.loadtest.processes import (
     Workers,
     parse_share,
 )
+from cliffracer_core.dev.loadtest.records import RecordError, save_record, shown_command
 from cliffracer_core.dev.loadtest.report import render_html
 from cliffracer_core.dev.loadtest.scenarios import (
     PRESETS,
@@ -54,6 +58,7 @@ from cliffracer_core.dev.loadtest.scenarios import (
 from cliffracer_core.dev.loadtest.targets import TargetError, TargetSpec, resolve
 from cliffracer_core.dev.loadtest.thresholds import ThresholdError, parse_thresholds
 from cliffracer_core.dev.loadtest.units import format_seconds, parse_duration
+from cliffracer_core.dev.loadtest.websocket import MAX_CLIENTS, Listeners, WebSocketError
 
 
 def usage(message: str) -> CommandError:
@@ -139,6 +144,12 @@ class Command(BaseCommand):
             "endpoint's request schema ($SRV.INFO).",
         )
         parser.add_argument(
+            "--body-size",
+            metavar="RANGE",
+            help='Pad the body\'s "{pad}" field so bodies span this size range, e.g. '
+            "100B..50KB (docs/loadtest.md#bodies-that-vary).",
+        )
+        parser.add_argument(
             "--event",
             metavar="SUBJECT",
             help="Publish events on SUBJECT (with --body) instead of calling an endpoint.",
@@ -150,6 +161,24 @@ class Command(BaseCommand):
         )
         parser.add_argument(
             "--method", help="The HTTP method of --http (GET; POST when there is a --body)."
+        )
+        parser.add_argument(
+            "--until-handled",
+            action="store_true",
+            help="Events: also measure the time from publish to the handlers' completion, from "
+            "their counts in $SRV.STATS; wait up to --timeout for them after the last publish.",
+        )
+        parser.add_argument(
+            "--websocket",
+            metavar="URL",
+            help="Events: N clients (--clients) on this /ws/events/ URL subscribe to the "
+            "published subjects; measure the delivery from publish to frame (needs --user).",
+        )
+        parser.add_argument(
+            "--clients",
+            type=int,
+            default=1,
+            help="How many WebSocket clients --websocket opens (1).",
         )
         parser.add_argument(
             "--user",
@@ -228,6 +257,11 @@ class Command(BaseCommand):
             default=1,
             help="Send from N processes (this one and N-1 copies), merged into one result.",
         )
+        parser.add_argument(
+            "--no-record",
+            action="store_true",
+            help="Do not save the run in the database (the admin's load-test reports).",
+        )
         parser.add_argument("--share", help=argparse.SUPPRESS)
         parser.add_argument("--seed", type=int, help="Seed the choice among weighted targets.")
         add_header_argument(parser)
@@ -263,6 +297,9 @@ class Command(BaseCommand):
         quiet_connection_logs(options["verbosity"])
         use_running_system(options["nats_url"], self.stderr)
         share = self.share(options)
+        if options["until_handled"] and options["processes"] > 1:
+            raise usage("--until-handled counts what one process publishes: no --processes.")
+        websocket = self.websocket(options, given)
         arguments = dict(
             url=nats_url(options["nats_url"]),
             specs=settings.targets,
@@ -273,6 +310,8 @@ class Command(BaseCommand):
             base=settings.base,
             baseline=baseline,
             tolerance=options["tolerance"] / 100,
+            until_handled=options["until_handled"],
+            websocket=websocket,
         )
         if share is not None:
             # A copy started by --processes: its part of the run, as JSON, for the first one.
@@ -294,12 +333,26 @@ class Command(BaseCommand):
             self.stdout.write(json.dumps(summary, indent=2, default=str))
         else:
             self.stdout.write("\n".join(text))
+        html = render_html(summary, text) if report is not None else ""
         if report is not None:
-            write_atomically(report, render_html(summary, text))
+            write_atomically(report, html)
             self.stderr.write(f"report: {report}")
+        if not options["no_record"]:
+            self.record(summary, html)
         if not summary["passed"]:
             self.stderr.write("load test failed: " + "; ".join(summary["failures"]))
             sys.exit(FAILURE)
+
+    def record(self, summary: dict[str, Any], html: str) -> None:
+        """Save the run for the admin; a database that refuses costs a warning, not the run."""
+        try:
+            # The command line as typed; none when called from code (call_command).
+            typed = sys.argv[1:] if sys.argv[1:2] == ["loadtest"] else []
+            number = save_record(summary, report_html=html, command=shown_command(typed))
+        except RecordError as error:
+            self.stderr.write(f"warning: the run is not recorded in the database: {error}")
+            return
+        self.stderr.write(f"recorded: load-test report {number} (in the admin)")
 
     def share(self, options: dict[str, Any]) -> tuple[int, int] | None:
         """This process's share of a run sent by several (--share, set by --processes)."""
@@ -355,13 +408,17 @@ class Command(BaseCommand):
         if named:
             kind = {"target": "rpc", "event": "event", "http": "http"}[named[0]]
             spec = TargetSpec(
-                options[named[0]], kind=kind, body=options["body"], method=options["method"] or ""
+                options[named[0]],
+                kind=kind,
+                body=options["body"],
+                method=options["method"] or "",
+                body_size=options["body_size"],
             )
             layer.update(targets=[spec], base=Path.cwd())
-        elif options["body"] is not None:
+        elif options["body"] is not None or options["body_size"] is not None:
             raise usage(
-                "--body goes with a target on the command line; a scenario's targets "
-                "have their own."
+                "--body and --body-size go with a target on the command line; a scenario's "
+                "targets have their own (body, body_size)."
             )
         if options["method"] and not options["http"]:
             raise usage("--method goes with --http URL.")
@@ -381,6 +438,8 @@ class Command(BaseCommand):
         tolerance: float = 0.1,
         share: tuple[int, int] | None = None,
         workers: Workers | None = None,
+        until_handled: bool = False,
+        websocket: tuple[str, int, str] | None = None,
     ) -> dict[str, Any]:
         """The run's summary; with ``share``, this copy's part of the run instead."""
         connection = await connect_once(url, role="cli:loadtest")
@@ -393,6 +452,8 @@ class Command(BaseCommand):
             plan.__post_init__()
             own = plan.part(*share) if share else plan.part(0, workers.count) if workers else plan
             services = {t.name.partition(".")[0] for t in plan.targets if t.kind == "rpc"}
+            watch = await self.handled_watch(connection, plan) if until_handled else None
+            listeners = await self.listeners(plan, websocket) if websocket else None
             before = await service_stats(connection, services) if share is None else {}
             start_at = None
             if share is not None:
@@ -417,10 +478,36 @@ class Command(BaseCommand):
             )
             # One live line for the run, the first process's: the copies' would overwrite it.
             progress = loop.create_task(self.show_progress(generator, stop, share is None))
+            published: list[float] = []
+            sent = asyncio.Event()
+            watching = None
+            if listeners is not None:
+                generator.correlations = listeners.published
+                listeners.start(lambda: generator.elapsed() if generator.start else 0.0,
+                                plan.warmup)  # fmt: skip
+            if watch is not None:
+                generator.published = published
+                watching = loop.create_task(
+                    watch.watch(lambda: generator.elapsed() if generator.start else 0.0,
+                                published, sent)
+                )  # fmt: skip
             try:
                 await generator.run(start_at)
+                if listeners is not None:
+                    # The frames get --timeout after the last publish to arrive.
+                    with contextlib.suppress(TimeoutError):
+                        await listeners.wait_delivered(plan.timeout)
+                if watching is not None:
+                    # The handlers get --timeout after the last publish to catch up.
+                    sent.set()
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(watching, plan.timeout)
             finally:
                 progress.cancel()
+                if watching is not None:
+                    watching.cancel()
+                if listeners is not None:
+                    listeners.close()
                 for number in (signal.SIGINT, signal.SIGTERM):
                     loop.remove_signal_handler(number)
             recorder.interrupted = stop.is_set()
@@ -435,11 +522,80 @@ class Command(BaseCommand):
                 after = await service_stats(connection, services)
                 server = stats_difference(before, after)
                 server["targets"] = [t.name for t in plan.targets if t.kind == "rpc"]
-            return results.summarize(
+            summary = results.summarize(
                 recorder, plan, thresholds, server=server, earlier=baseline, tolerance=tolerance
             )
+            if watch is not None:
+                waited = generator.elapsed() - recorder.sending_ended
+                handled = watch.summary(published, warmup=plan.warmup, waited=waited)
+                summary["handled"] = handled
+                if not handled["all_handled"]:
+                    summary["failures"].append(
+                        f"{handled['published'] - handled['handled']} of "
+                        f"{handled['published']} events were not handled within "
+                        f"{format_seconds(plan.timeout)} of the last publish"
+                    )
+                    summary["passed"] = False
+            if listeners is not None:
+                summary["websocket"] = frames = listeners.summary()
+                if not frames["all_delivered"]:
+                    summary["failures"].append(
+                        f"{frames['expected'] - frames['delivered']} of {frames['expected']} "
+                        "event frames did not reach the WebSocket clients within "
+                        f"{format_seconds(plan.timeout)} of the last publish"
+                    )
+                    summary["passed"] = False
+            return summary
         finally:
             await connection.close()
+
+    def websocket(
+        self, options: dict[str, Any], given: dict[str, str]
+    ) -> tuple[str, int, str] | None:
+        """--websocket: the URL, the number of clients and the token they sign in with."""
+        if options["websocket"] is None:
+            if options["clients"] != 1:
+                raise usage("--clients goes with --websocket URL.")
+            return None
+        if not 1 <= options["clients"] <= MAX_CLIENTS:
+            raise usage(f"--clients must be between 1 and {MAX_CLIENTS:,}.")
+        if options["processes"] > 1:
+            raise usage("--websocket matches the frames of one process's events: no --processes.")
+        if not options["websocket"].startswith(("ws://", "wss://")):
+            raise usage(f"--websocket {options['websocket']!r} is not a ws:// or wss:// URL.")
+        bearer = given.get(AUTHORIZATION, "")
+        if not bearer.startswith("Bearer "):
+            raise usage("--websocket: the clients sign in; give --user NAME (or a Bearer token "
+                        "in --header Authorization=...).")  # fmt: skip
+        return options["websocket"], options["clients"], bearer.removeprefix("Bearer ")
+
+    async def listeners(self, plan: LoadPlan, websocket: tuple[str, int, str]) -> Listeners:
+        """--websocket: the clients, open, signed in and subscribed before the run starts."""
+        subjects = sorted({t.subject for t in plan.targets if t.kind == "event"})
+        if not subjects:
+            raise usage("--websocket goes with event targets (--event SUBJECT).")
+        url, count, token = websocket
+        listeners = Listeners(url, count, subjects, token)
+        try:
+            await listeners.open()
+        except (WebSocketError, OSError, asyncio.IncompleteReadError) as error:
+            listeners.close()
+            shown = str(error) or "the server closed the connection"
+            raise CommandError(f"--websocket: {shown}", returncode=FAILURE) from None
+        return listeners
+
+    async def handled_watch(self, connection: Any, plan: LoadPlan) -> HandledWatch:
+        """--until-handled: the handlers of the run's events, with their counts before it."""
+        subjects = sorted({t.subject for t in plan.targets if t.kind == "event"})
+        if not subjects:
+            raise usage("--until-handled goes with event targets (--event SUBJECT).")
+        try:
+            handlers = await find_handlers(connection, subjects)
+        except HandledError as error:
+            raise usage(str(error)) from None
+        watch = HandledWatch(connection, handlers)
+        await watch.begin()
+        return watch
 
     async def show_progress(self, generator: Generator, stop: asyncio.Event, show: bool) -> None:
         """A live line on a terminal: rate, p50/p99, errors, in flight, time left."""
