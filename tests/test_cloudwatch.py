@@ -190,3 +190,75 @@ def test_the_dashboard_command_without_a_region_is_a_usage_error():
     )
     assert made.returncode == 2
     assert "region" in made.stderr
+
+
+def test_a_service_writes_embedded_metric_format_lines(tmp_path, nats_server, runservice_process):
+    """EMF: what CloudWatch Logs would turn into metrics. moto does not extract metrics from
+    logs, so the lines are checked against the format's rules and their values summed."""
+    path = tmp_path / "emf.log"
+    exporter = {
+        "BACKEND": "cliffracer_core.contrib.metrics.backends.emf.EmfExporter",
+        "OPTIONS": {"PATH": str(path), "INTERVAL": 0.3, "NAMESPACE": "Shop"},
+    }
+    process = runservice_process(
+        "metered",
+        DJANGO_SETTINGS_MODULE="tests.exporters_settings",
+        TEST_METRICS_EXPORTERS=json.dumps([exporter]),
+    )
+    requests(
+        nats_server.url,
+        [("rpc.metered.echo", b'{"text": "e"}')] * 4 + [("rpc.metered.fail", b"")] * 2,
+    )
+    process.stop()  # the last figures are flushed at stop
+    documents = [json.loads(line) for line in path.read_text().splitlines()]
+    assert documents
+    for document in documents:
+        (directive,) = document["_aws"]["CloudWatchMetrics"]
+        assert directive["Namespace"] == "Shop"
+        assert isinstance(document["_aws"]["Timestamp"], int)
+        for dimension in directive["Dimensions"][0]:
+            assert isinstance(document[dimension], str)
+        for metric in directive["Metrics"]:
+            assert isinstance(document[metric["Name"]], int | float | list)
+
+    def summed(name: str, **dimensions: str) -> float:
+        total = 0.0
+        for document in documents:
+            if name in document and all(document.get(k) == v for k, v in dimensions.items()):
+                value = document[name]
+                total += len(value) if isinstance(value, list) else value
+        return total
+
+    echo = {"Service": "metered", "Endpoint": "echo"}
+    assert summed("Requests", **echo) == 4
+    assert summed("ServerErrors", Service="metered", Endpoint="fail") == 2
+    # Latency: one value per request, each its bucket's upper bound.
+    assert summed("Latency", **echo) == 4
+
+
+def test_emf_latency_beyond_a_hundred_values_takes_several_documents():
+    from cliffracer_core.contrib.metrics.backends.emf import documents
+
+    where = [{"Name": "Service", "Value": "s"}, {"Name": "Endpoint", "Value": "e"}]
+    data = [
+        {
+            "MetricName": "Requests",
+            "Dimensions": where,
+            "Timestamp": 1.5,
+            "Unit": "Count",
+            "Value": 151.0,
+        },
+        {
+            "MetricName": "Latency",
+            "Dimensions": where,
+            "Timestamp": 1.5,
+            "Unit": "Seconds",
+            "Values": [0.001, 0.005],
+            "Counts": [150.0, 1.0],
+        },
+    ]
+    made = documents(data, "NS")
+    assert [len(d["Latency"]) for d in made] == [100, 51]
+    assert made[0]["Requests"] == 151.0 and "Requests" not in made[1]
+    assert made[1]["Latency"][-1] == 0.005
+    assert made[0]["_aws"]["Timestamp"] == 1500
