@@ -21,6 +21,7 @@ from cliffracer_core.dev.loadtest.payloads import (
 from cliffracer_core.dev.loadtest.plan import CLOSED, OPEN, LoadPlan, Stage, Target
 from cliffracer_core.dev.loadtest.results import UNBOUNDED, Recorder, summarize
 from cliffracer_core.dev.loadtest.scenarios import (
+    PRESETS,
     ScenarioError,
     Settings,
     preset_layer,
@@ -29,6 +30,7 @@ from cliffracer_core.dev.loadtest.scenarios import (
 from cliffracer_core.dev.loadtest.targets import TargetSpec
 from cliffracer_core.dev.loadtest.thresholds import ThresholdError, parse_thresholds
 from cliffracer_core.dev.loadtest.units import parse_duration
+from cliffracer_core.testing.plugin import project_root
 
 # Histograms
 
@@ -428,7 +430,10 @@ def test_a_scenario_file_sets_targets_stages_and_thresholds(tmp_path):
 def test_an_unknown_preset_names_the_presets():
     with pytest.raises(
         ScenarioError,
-        match="the presets are smoke, load, stress, soak, baseline, throughput, resilience",
+        match=(
+            "the presets are smoke, load, stress, soak, baseline, throughput, resilience, "
+            "payloads, mixed"
+        ),
     ):
         preset_layer("spike")
 
@@ -518,3 +523,35 @@ def test_the_target_rate_of_a_run_bounded_by_requests_is_the_planned_rate():
     )
     assert plan().target_rate() == pytest.approx(50)
     assert plan(model=CLOSED).target_rate() is None
+
+
+@pytest.mark.parametrize("name", ["payloads", "mixed"])
+def test_the_example_shops_scenario_files_make_valid_requests_under_their_presets(name):
+    """loadtests/payloads.toml and loadtests/mixed.toml: the original's two scenarios that
+    need bodies, with bodies the example's endpoints accept."""
+    from apps.inventory.schemas import GetStock
+    from apps.notifications.schemas import ListForCustomer
+
+    contracts = {
+        "inventory.get_stock": GetStock,
+        "notifications.list_for_customer": ListForCustomer,
+    }
+    settings = Settings()
+    settings.apply(preset_layer(name))
+    settings.apply(scenario_layer(project_root() / "loadtests" / f"{name}.toml"))
+    built = settings.plan()
+    assert (built.model, built.duration) == (CLOSED, 60)
+    assert settings.fail_on == PRESETS[name].fail_on
+    weights = {spec.name: spec.weight for spec in settings.targets}
+    assert weights == (
+        {"inventory.get_stock": 1}
+        if name == "payloads"
+        else {"inventory.get_stock": 80, "notifications.list_for_customer": 20}
+    )
+    for spec in settings.targets:
+        template = BodyTemplate(spec.data if spec.data is not None else json.loads(spec.body))
+        template.seed(3)
+        for _ in range(20):
+            request = contracts[spec.name].model_validate_json(template.make())
+            if name == "payloads":
+                assert 500 <= len(request.skus) <= 2000

@@ -75,6 +75,18 @@ PRESETS: dict[str, Preset] = {
         "median at most 150 ms, 50 req/s, no error but the expected ones.",
         CLOSED, 50, 1.0, ((60, 1.0),), "p50<=150ms,rps>=50,errors<1%", invalid=20.0,
     ),
+    # These two need targets and bodies of the system's own: a scenario file gives them
+    # (loadtests/payloads.toml and loadtests/mixed.toml for the example shop).
+    "payloads": Preset(
+        "The original's large payloads: 10 users for 60 s sending batches of 500 to 2,000 "
+        "items (the target's body); median at most 500 ms, 20 req/s.",
+        CLOSED, 10, 1.0, ((60, 1.0),), "p50<=500ms,rps>=20,errors<1%",
+    ),
+    "mixed": Preset(
+        "The original's mixed 80/20: 50 users for 60 s over the targets by weight; median at "
+        "most 200 ms, 100 req/s.",
+        CLOSED, 50, 1.0, ((60, 1.0),), "p50<=200ms,rps>=100,errors<1%",
+    ),
 }  # fmt: skip
 
 
