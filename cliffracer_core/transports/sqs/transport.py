@@ -611,10 +611,11 @@ class SqsTransport(Transport):
         """Send to the queues that match and wait for the first reply. No queue matches:
         ``NoResponders`` at once; a queue with nobody consuming it: ``RpcTimeout``."""
         self._usable(subject)
-        started = time.monotonic()
+        # The caller's deadline, counted from now (making the reply queue takes a call).
+        started, expires = time.monotonic(), time.time() + timeout
         await self._ensure_reply_queue()
         inbox = self.new_inbox()
-        body = self._body(subject, data, headers, inbox, time.time() + timeout)
+        body = self._body(subject, data, headers, inbox, expires)
         reply: asyncio.Future[Received] = asyncio.get_running_loop().create_future()
         self._requests[inbox] = reply
         try:
@@ -654,7 +655,7 @@ class SqsTransport(Transport):
         """Every reply within ``timeout``: once as many came as queues got the request, wait
         only a moment for more (one connection may hold several responders)."""
         self._usable(subject)
-        deadline = time.monotonic() + timeout
+        deadline, expires = time.monotonic() + timeout, time.time() + timeout
         await self._ensure_reply_queue()
         replies = Replies(limit)
 
@@ -663,7 +664,7 @@ class SqsTransport(Transport):
                 replies.add(message)
 
         inbox = self.new_inbox()
-        body = self._body(subject, data, headers, inbox, time.time() + timeout)
+        body = self._body(subject, data, headers, inbox, expires)
         subscription = await self.subscribe(inbox, collect)
         try:
             try:

@@ -1,0 +1,238 @@
+"""What only the SNS/SQS transport has to show (tests/test_transports.py holds it to NATS's
+semantics): how subjects become queue names and back, long names hashed within SQS's 80
+characters, what a connection leaves behind when it closes, a request to a service that
+stopped, its URL's mistakes, and a real ``runservice`` on moto's server that ``manage.py
+call`` and ``manage.py services`` reach."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from typing import Any
+
+import boto3
+import pytest
+
+from cliffracer_core.core.errors import NoResponders, RemoteUnavailable, RpcTimeout
+from cliffracer_core.testing.plugin import project_root
+from cliffracer_core.transports import backend_for
+from cliffracer_core.transports import connect as connect_transport
+from cliffracer_core.transports.base import Transport
+from cliffracer_core.transports.sqs import SqsTransport, names
+from tests.moto_server import REGION
+from tests.sqs_broker import sqs_url
+
+
+@pytest.fixture
+def url(shared_moto_server: str) -> Iterator[str]:
+    with sqs_url(shared_moto_server) as location:
+        yield location
+
+
+def prefix_of(url: str) -> str:
+    return url.split("prefix=")[1].split("&")[0]
+
+
+def queue_names(url: str, endpoint: str) -> list[str]:
+    client = boto3.client("sqs", region_name=REGION, endpoint_url=endpoint)
+    urls = client.list_queues(QueueNamePrefix=f"{prefix_of(url)}-").get("QueueUrls", [])
+    return sorted(url.rsplit("/", 1)[1] for url in urls)
+
+
+async def echo(transport: Transport, subject: str, *, queue: str = "") -> Any:
+    async def respond(message: Any) -> None:
+        await transport.publish(message.reply, message.data)
+
+    return await transport.subscribe(subject, respond, queue=queue)
+
+
+SUBJECTS = [
+    "orders.create",
+    "$SRV.PING.orders.abc123",
+    "orders.*",
+    "orders.>",
+    "*.created",
+    ">",
+    "snake_case.kebab-case.MixedCase",
+    "__.--._-",
+    "orders.é.ünïcode.𝄞",
+]
+
+
+@pytest.mark.parametrize("subject", SUBJECTS)
+def test_a_subject_is_written_in_queue_name_characters_and_read_back(subject: str) -> None:
+    written = names.encode(subject)
+    assert all(c.isascii() and (c.isalnum() or c in "-_") for c in written)
+    assert "__" not in written
+    assert names.decode(written) == subject
+
+
+@pytest.mark.parametrize("subject", SUBJECTS)
+@pytest.mark.parametrize("kind", ["g", "b"])
+def test_a_queue_name_says_which_group_and_pattern_it_is_for(subject: str, kind: str) -> None:
+    owner = "orders.on_payment" if kind == "g" else "0123456789ab"
+    queue = names.QueueName(kind, owner, subject)
+    name, tags = names.queue_name("shop_prod", queue)
+    assert len(name) <= names.MAX_NAME and tags == {}
+    assert names.parse("shop_prod", name) == queue
+    # Another deployment's prefix that starts the same never reads it as its own.
+    assert names.parse("shop", name) is None
+
+
+def test_a_long_name_is_hashed_within_80_characters_and_read_from_its_tags() -> None:
+    long = "orders." + ".".join(f"part{n}" for n in range(30))
+    queue = names.QueueName("g", "orders", long)
+    name, tags = names.queue_name("shop_prod", queue)
+    assert len(name) == names.MAX_NAME
+    assert names.parse("shop_prod", name) is None and names.is_hashed("shop_prod", name)
+    assert names.from_tags(name, "shop_prod", tags) == queue
+    other, _ = names.queue_name("shop_prod", names.QueueName("g", "orders", long + "x"))
+    assert other != name
+
+
+def test_filter_policies_say_what_sns_can_and_leave_the_rest_to_the_consumer() -> None:
+    assert names.filter_policy("orders.created") == {"subject": ["orders.created"]}
+    assert names.filter_policy("orders.*.created") == {"subject": [{"prefix": "orders."}]}
+    assert names.filter_policy("orders.eu.>") == {"subject": [{"prefix": "orders.eu."}]}
+    assert names.filter_policy("*.created") is None
+    assert names.filter_policy(">") is None
+
+
+def test_the_sqs_scheme_picks_the_sqs_backend() -> None:
+    assert backend_for("sqs://?prefix=shop") == "cliffracer_core.transports.sqs.SqsTransport"
+
+
+@pytest.mark.parametrize(
+    "location",
+    [
+        "sqs://somehost:4566",  # a host: the endpoint goes in endpoint_url
+        "sqs://?prefix=shop-prod",  # '-' separates a name's parts
+        "sqs://?prefix=shop&colour=blue",  # an option nobody reads
+    ],
+)
+def test_a_wrong_url_is_refused_with_a_reason(location: str) -> None:
+    async def main() -> None:
+        with pytest.raises(RemoteUnavailable) as raised:
+            await connect_transport(location)
+        assert raised.value.type == "transport_unavailable"
+
+    asyncio.run(main())
+
+
+def test_the_system_check_names_a_wrong_prefix(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CLIFFRACER_TRANSPORT_URL", "sqs://?prefix=shop.prod")
+    [(message, hint)] = SqsTransport.check()
+    assert "shop.prod" in message and "prefix" in hint
+    monkeypatch.setenv("CLIFFRACER_TRANSPORT_URL", "sqs://?prefix=shop_prod&region=eu-west-1")
+    assert SqsTransport.check() == []
+
+
+def test_long_subjects_and_group_names_travel_under_hashed_names(url: str) -> None:
+    subject = "orders." + ".".join(f"segment{n}" for n in range(20))
+
+    async def main() -> None:
+        responder = await connect_transport(url)
+        caller = await connect_transport(url)
+        try:
+            await echo(responder, subject, queue="a.rather.long.queue.group.name." * 3)
+            reply = await caller.request(subject, b"long", timeout=10)
+            assert reply.data == b"long"
+            received: asyncio.Queue[Any] = asyncio.Queue()
+
+            async def put(message: Any) -> None:
+                await received.put(message)
+
+            await responder.subscribe(subject.rsplit(".", 1)[0] + ".*", put)
+            await caller.publish(subject, b"event")
+            async with asyncio.timeout(10):
+                assert (await received.get()).data == b"event"
+        finally:
+            await responder.close()
+            await caller.close()
+
+    asyncio.run(main())
+
+
+def test_close_deletes_the_connections_own_queues_and_keeps_its_groups(
+    url: str, shared_moto_server: str
+) -> None:
+    prefix = prefix_of(url)
+
+    async def main() -> None:
+        transport = await connect_transport(url)
+        other = await connect_transport(url)
+        await echo(transport, "svc.>", queue="svc")
+        await echo(transport, "$SRV.PING")
+        await other.request("svc.hello", b"", timeout=10)  # other gets its reply queue
+        assert len(queue_names(url, shared_moto_server)) == 3
+        await transport.close()
+        # The group's queue stays for its other members; the rest of transport's goes.
+        assert queue_names(url, shared_moto_server) == [
+            f"{prefix}-g-svc__svc-_g",
+            f"{prefix}-r-{other.client_id}",
+        ]
+        with pytest.raises(NoResponders):
+            await other.request("$SRV.PING", b"", timeout=10)
+        await other.close()
+        assert queue_names(url, shared_moto_server) == [f"{prefix}-g-svc__svc-_g"]
+
+    asyncio.run(main())
+
+
+def test_a_request_to_a_stopped_service_times_out_and_is_not_handled_later(url: str) -> None:
+    """Its group's queue is still there (SQS cannot tell nobody consumes it): the caller
+    waits its timeout, and an instance that starts afterwards does not act on the request."""
+
+    async def main() -> None:
+        service = await connect_transport(url)
+        caller = await connect_transport(url)
+        try:
+            subscription = await echo(service, "billing.>", queue="billing")
+            await subscription.unsubscribe()
+            with pytest.raises(RpcTimeout) as raised:
+                await caller.request("billing.charge", b"late", timeout=0.5)
+            assert "is any instance of the service running" in str(raised.value)
+            handled: list[bytes] = []
+
+            async def handle(message: Any) -> None:
+                handled.append(message.data)
+                await service.publish(message.reply, message.data)
+
+            await service.subscribe("billing.>", handle, queue="billing")
+            assert (await caller.request("billing.charge", b"now", timeout=10)).data == b"now"
+            await asyncio.sleep(0.3)
+            assert handled == [b"now"]
+        finally:
+            await service.close()
+            await caller.close()
+
+    asyncio.run(main())
+
+
+def manage(url: str, *arguments: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "manage.py", *arguments],
+        cwd=project_root(),
+        env=dict(os.environ, DJANGO_SETTINGS_MODULE="tests.settings", CLIFFRACER_TRANSPORT_URL=url),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def test_runservice_on_sqs_answers_call_and_discovery(
+    transactional_db: Any, runservice_process: Any, url: str
+) -> None:
+    runservice_process(
+        "testservice", DJANGO_SETTINGS_MODULE="tests.settings", CLIFFRACER_TRANSPORT_URL=url
+    )
+    called = manage(url, "call", "testservice.echo", '{"text": "over sqs"}')
+    assert called.returncode == 0, called.stderr
+    assert json.loads(called.stdout) == {"text": "over sqs"}
+    services = manage(url, "services", "--wait", "1", "--json")
+    assert services.returncode == 0, services.stderr
+    assert "testservice" in json.dumps(json.loads(services.stdout))
