@@ -236,3 +236,52 @@ def test_runservice_on_sqs_answers_call_and_discovery(
     services = manage(url, "services", "--wait", "1", "--json")
     assert services.returncode == 0, services.stderr
     assert "testservice" in json.dumps(json.loads(services.stdout))
+
+
+def test_a_sweep_deletes_the_queues_of_a_connection_that_stopped(
+    url: str, shared_moto_server: str
+) -> None:
+    """A crashed process leaves its broadcast and reply queues: once their "last seen" tag is
+    older than ``stale_after`` another connection's sweep deletes them and their topic
+    subscriptions, and a request nobody else hears is ``NoResponders`` again."""
+    prefix = prefix_of(url)
+    sns = boto3.client("sns", region_name=REGION, endpoint_url=shared_moto_server)
+    sqs = boto3.client("sqs", region_name=REGION, endpoint_url=shared_moto_server)
+
+    def subscriptions() -> int:
+        topic = sns.create_topic(Name=names.topic_name(prefix))["TopicArn"]
+        return len(sns.list_subscriptions_by_topic(TopicArn=topic)["Subscriptions"])
+
+    async def main() -> None:
+        # "crashed" never refreshes its tags (a heartbeat of an hour) and is not closed
+        # before the sweep, as a killed process is not.
+        crashed = await connect_transport(url, heartbeat=3600)
+        await echo(crashed, "lost.ping")
+        await echo(crashed, "gone.>", queue="gone")
+        await crashed.request("lost.ping", b"", timeout=10)  # it gets a reply queue too
+        for name in queue_names(url, shared_moto_server):
+            queue = sqs.get_queue_url(QueueName=name)["QueueUrl"]
+            if f"-{crashed.client_id}" in name or f"-b-{crashed.client_id}" in name:
+                sqs.tag_queue(QueueUrl=queue, Tags={"cliffracer-seen": "1000"})
+        assert subscriptions() == 2
+        sweeper = await connect_transport(url, heartbeat=0.1, stale_after=60)
+        try:
+            await echo(sweeper, "alive.ping")
+
+            def swept() -> bool:
+                return queue_names(url, shared_moto_server) == [
+                    f"{prefix}-b-{sweeper.client_id}__alive-ping",
+                    f"{prefix}-g-gone__gone-_g",
+                ]
+
+            async with asyncio.timeout(10):
+                while not swept():
+                    await asyncio.sleep(0.1)
+            assert subscriptions() == 2  # the group's (never swept) and the sweeper's own
+            with pytest.raises(NoResponders):
+                await sweeper.request("lost.ping", b"", timeout=10)
+        finally:
+            await sweeper.close()
+            await crashed.close()
+
+    asyncio.run(main())

@@ -23,6 +23,8 @@ the URL. How messages travel (``names.py`` says what things are called):
 - Replies go to the caller's reply queue, made on first use and deleted on close; inboxes are
   ``_INBOX.<client>.<n>`` and a reply is matched to its request by inbox.
 - Bodies, headers and reply subjects travel in a JSON envelope (``envelope.py``).
+- A connection's own queues carry a "last seen" tag it refreshes; a sweep now and then deletes
+  those of connections that stopped refreshing (crashed processes) and their subscriptions.
 
 No durable streams yet (``features.durable`` is False): docs/transports.md says what is left.
 """
@@ -76,6 +78,11 @@ MAX_CONNECTIONS = 256
 # deletion was lost, before another member of the group gets it.
 RETENTION = 60
 VISIBILITY = 10
+# Seconds between the refreshes of the "last seen" tag of a connection's own queues, and after
+# how long without one a queue is taken for a crashed process's and deleted by a sweep.
+HEARTBEAT = 60.0
+STALE_AFTER = 600.0
+SEEN_TAG = "cliffracer-seen"
 # What SQS answers when a queue is not there.
 MISSING_QUEUE = ("AWS.SimpleQueueService.NonExistentQueue", "QueueDoesNotExist")
 UNAVAILABLE = (BotoCoreError, ClientError, OSError, asyncio.TimeoutError)
@@ -201,6 +208,9 @@ class SqsTransport(Transport):
         self.endpoint_url = self.options.pop("endpoint_url", None) or query.get("endpoint_url")
         self.poll_wait = int(self.options.pop("poll_wait", POLL_WAIT))
         self.max_connections = int(self.options.pop("max_connections", MAX_CONNECTIONS))
+        self.heartbeat = float(self.options.pop("heartbeat", HEARTBEAT))
+        self.stale_after = float(self.options.pop("stale_after", STALE_AFTER))
+        self._beating: asyncio.Task[None] | None = None
         # Taken for the tools that pass them to any transport: HTTP calls need no reconnection
         # (botocore retries a failed call).
         for name in ("quiet", "max_reconnect_attempts", "reconnect_wait"):
@@ -225,6 +235,8 @@ class SqsTransport(Transport):
         # Reply queues of other connections by client id, and what hashed names stand for.
         self._reply_urls: dict[str, str | None] = {}
         self._hashed: dict[str, names.QueueName | None] = {}
+        # Deletions of received messages under way (awaited before the clients close).
+        self._settling: set[asyncio.Task[None]] = set()
 
     @classmethod
     def check(cls) -> list[tuple[str, str]]:
@@ -282,6 +294,7 @@ class SqsTransport(Transport):
             ) from None
         self.topic_arn = topic["TopicArn"]
         self._connected = True
+        self._beating = asyncio.get_running_loop().create_task(self._beat())
 
     async def close(self) -> None:
         if self._closed:
@@ -298,6 +311,8 @@ class SqsTransport(Transport):
                 subscription.task.cancel()
         reply, self._reply = self._reply, None
         tasks = [i.task for i in [*inlets, reply] if i is not None and i.task is not None]
+        if self._beating is not None:
+            tasks.append(self._beating)
         for task in tasks:
             task.cancel()
         for task in tasks:
@@ -306,6 +321,8 @@ class SqsTransport(Transport):
         for request in self._requests.values():
             if not request.done():
                 request.cancel()
+        if self._settling:
+            await asyncio.wait(set(self._settling), timeout=5)
         # A group's queue stays for its other members; this connection's own queues go.
         own = [i for i in inlets if i.name.kind == "b"] + ([reply] if reply else [])
         with contextlib.suppress(Exception):
@@ -373,6 +390,8 @@ class SqsTransport(Transport):
                 }
             )
         tags = {**tags, "cliffracer-kind": queue.kind}
+        if queue.kind != "g":
+            tags[SEEN_TAG] = str(int(time.time()))
         created = await self.sqs.create_queue(QueueName=name, Attributes=attributes, tags=tags)
         url = created["QueueUrl"]
         if queue.kind == "r":
@@ -468,6 +487,84 @@ class SqsTransport(Transport):
                 return None  # the caller is gone: dropped, as NATS drops it
         return self._reply_urls[client]
 
+    # Queues of crashed processes
+
+    async def _beat(self) -> None:
+        """Refresh the "last seen" tag of this connection's own queues every ``heartbeat``;
+        now and then (first after a random part of a heartbeat, so that connections made
+        together do not sweep together) delete the queues of connections that stopped."""
+        sweep_every = max(self.heartbeat, self.stale_after / 2)
+        next_sweep = time.monotonic() + random.uniform(0, self.heartbeat)
+        while not self._closed:
+            await asyncio.sleep(min(self.heartbeat, max(0.0, next_sweep - time.monotonic())))
+            try:
+                if time.monotonic() >= next_sweep:
+                    next_sweep = time.monotonic() + sweep_every * random.uniform(0.8, 1.2)
+                    await self.sweep()
+                own = [i for i in self._inlets.values() if i.name.kind == "b"]
+                own += [self._reply] if self._reply is not None else []
+                seen = {SEEN_TAG: str(int(time.time()))}
+                for inlet in own:
+                    with contextlib.suppress(ClientError):  # deleted meanwhile
+                        await self.sqs.tag_queue(QueueUrl=inlet.url, Tags=seen)
+            except asyncio.CancelledError:
+                raise
+            except UNAVAILABLE as error:
+                self._failures.warning("beat", "Refreshing or sweeping queues failed (%s).", error)
+
+    async def sweep(self) -> list[str]:
+        """Delete the queues (and their topic subscriptions) of connections whose "last seen"
+        tag is older than ``stale_after``: a crashed process's broadcast and reply queues,
+        which would otherwise take messages, and count as responders, for ever. Return their
+        names. A group's queue is never swept (other hosts may consume it)."""
+        cutoff = time.time() - self.stale_after
+        own = {inlet.url for inlet in self._inlets.values()}
+        own |= {self._reply.url} if self._reply is not None else set()
+        stale: list[str] = []
+        arguments: dict[str, Any] = {"QueueNamePrefix": f"{self.prefix}-", "MaxResults": 1000}
+        while True:
+            page = await self.sqs.list_queues(**arguments)
+            for url in page.get("QueueUrls", []):
+                name = url.rsplit("/", 1)[-1]
+                kind = name[len(self.prefix) + 1 : len(self.prefix) + 2]
+                if url in own or kind not in ("b", "r", "B"):
+                    continue
+                try:
+                    tags = (await self.sqs.list_queue_tags(QueueUrl=url)).get("Tags", {})
+                except ClientError:
+                    continue
+                seen = tags.get(SEEN_TAG, "")
+                if seen.isdigit() and int(seen) < cutoff:
+                    stale.append(url)
+            if not page.get("NextToken"):
+                break
+            arguments["NextToken"] = page["NextToken"]
+        if not stale:
+            return []
+        arns = {}
+        for url in stale:
+            with contextlib.suppress(ClientError):
+                attributes = await self.sqs.get_queue_attributes(
+                    QueueUrl=url, AttributeNames=["QueueArn"]
+                )
+                arns[attributes["Attributes"]["QueueArn"]] = url
+        listing: dict[str, Any] = {"TopicArn": self.topic_arn}
+        while True:
+            page = await self.sns.list_subscriptions_by_topic(**listing)
+            for subscription in page.get("Subscriptions", []):
+                if subscription.get("Endpoint") in arns:
+                    with contextlib.suppress(ClientError):
+                        await self.sns.unsubscribe(SubscriptionArn=subscription["SubscriptionArn"])
+            if not page.get("NextToken"):
+                break
+            listing["NextToken"] = page["NextToken"]
+        for url in stale:
+            with contextlib.suppress(ClientError):
+                await self.sqs.delete_queue(QueueUrl=url)
+        names_swept = [url.rsplit("/", 1)[-1] for url in stale]
+        logger.info("Deleted %d queues of stopped connections: %s", len(stale), names_swept)
+        return names_swept
+
     # Receiving
 
     async def _poll(self, inlet: Inlet) -> None:
@@ -497,7 +594,9 @@ class SqsTransport(Transport):
             entries = [
                 {"Id": str(n), "ReceiptHandle": m["ReceiptHandle"]} for n, m in enumerate(messages)
             ]
-            asyncio.get_running_loop().create_task(self._settle(inlet.url, entries))
+            settling = asyncio.get_running_loop().create_task(self._settle(inlet.url, entries))
+            self._settling.add(settling)
+            settling.add_done_callback(self._settling.discard)
             for item in messages:
                 try:
                     message, expires = unpack(item["Body"])
