@@ -285,3 +285,23 @@ def test_a_sweep_deletes_the_queues_of_a_connection_that_stopped(
             await crashed.close()
 
     asyncio.run(main())
+
+
+def test_members_with_other_settings_share_their_groups_queue(url: str) -> None:
+    """SQS refuses to make a queue again with other attributes: a member whose ``poll_wait``
+    differs consumes the queue as the first member made it."""
+
+    async def main() -> None:
+        first = await connect_transport(url, poll_wait=10)
+        second = await connect_transport(url, poll_wait=2)
+        caller = await connect_transport(url)
+        try:
+            await echo(first, "shared.>", queue="shared")
+            await echo(second, "shared.>", queue="shared")
+            replies = [await caller.request("shared.x", b"%d" % n, timeout=10) for n in range(4)]
+            assert [reply.data for reply in replies] == [b"0", b"1", b"2", b"3"]
+        finally:
+            for transport in (first, second, caller):
+                await transport.close()
+
+    asyncio.run(main())

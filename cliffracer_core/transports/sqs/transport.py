@@ -85,6 +85,8 @@ STALE_AFTER = 600.0
 SEEN_TAG = "cliffracer-seen"
 # What SQS answers when a queue is not there.
 MISSING_QUEUE = ("AWS.SimpleQueueService.NonExistentQueue", "QueueDoesNotExist")
+# What SQS answers when a queue of that name exists with other attributes.
+EXISTS = ("QueueAlreadyExists", "QueueNameExists", "AWS.SimpleQueueService.QueueNameExists")
 UNAVAILABLE = (BotoCoreError, ClientError, OSError, asyncio.TimeoutError)
 
 
@@ -392,8 +394,15 @@ class SqsTransport(Transport):
         tags = {**tags, "cliffracer-kind": queue.kind}
         if queue.kind != "g":
             tags[SEEN_TAG] = str(int(time.time()))
-        created = await self.sqs.create_queue(QueueName=name, Attributes=attributes, tags=tags)
-        url = created["QueueUrl"]
+        try:
+            created = await self.sqs.create_queue(QueueName=name, Attributes=attributes, tags=tags)
+            url = created["QueueUrl"]
+        except ClientError as error:
+            # A group's queue made by an instance with other settings (another poll_wait, an
+            # older release): consume it as it is.
+            if error.response.get("Error", {}).get("Code") not in EXISTS:
+                raise
+            url = (await self.sqs.get_queue_url(QueueName=name))["QueueUrl"]
         if queue.kind == "r":
             return url, ""
         arn = (await self.sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["QueueArn"]))[
