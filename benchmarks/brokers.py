@@ -169,9 +169,9 @@ async def redis_caller(url: str, name: str) -> tuple[Callable[[bytes], Awaitable
 # SNS/SQS
 
 
-def sqs_client(url: str) -> Any:
-    """An aiobotocore SQS client (an async context manager) for an ``sqs://`` URL's region and
-    endpoint."""
+def sqs_client(url: str, service: str = "sqs") -> Any:
+    """An aiobotocore client of ``service`` (an async context manager) for an ``sqs://`` URL's
+    region and endpoint."""
     from urllib.parse import parse_qsl, urlsplit
 
     from aiobotocore.config import AioConfig
@@ -179,7 +179,7 @@ def sqs_client(url: str) -> Any:
 
     options = dict(parse_qsl(urlsplit(url).query))
     return get_session().create_client(
-        "sqs",
+        service,
         region_name=options.get("region"),
         endpoint_url=options.get("endpoint_url"),
         config=AioConfig(max_pool_connections=64),
