@@ -236,6 +236,11 @@ def test_runservice_on_sqs_answers_call_and_discovery(
     services = manage(url, "services", "--wait", "1", "--json")
     assert services.returncode == 0, services.stderr
     assert "testservice" in json.dumps(json.loads(services.stdout))
+    # No queue matches a service that never ran: no responders at once, no traceback.
+    missing = manage(url, "call", "nosuchservice.echo", "{}")
+    assert missing.returncode == 1
+    assert "no_responders" in missing.stderr
+    assert "Traceback" not in missing.stderr
 
 
 def test_a_sweep_deletes_the_queues_of_a_connection_that_stopped(
