@@ -482,6 +482,8 @@ class SqsTransport(Transport):
     async def _reply_url(self, subject: str) -> str | None:
         """The reply queue of the connection that made the inbox ``subject`` (None if gone)."""
         client = subject[len(INBOX) :].partition(".")[0]
+        if not (client.isascii() and client.isalnum()):
+            return None  # no connection of ours made it (a client id is hex)
         if client == self.client_id and self._reply is not None:
             return self._reply.url
         if client not in self._reply_urls:
