@@ -297,7 +297,7 @@ def test_members_with_other_settings_share_their_groups_queue(url: str) -> None:
     differs consumes the queue as the first member made it."""
 
     async def main() -> None:
-        first = await connect_transport(url, poll_wait=10)
+        first = await connect_transport(url)
         second = await connect_transport(url, poll_wait=2)
         caller = await connect_transport(url)
         try:
@@ -307,6 +307,36 @@ def test_members_with_other_settings_share_their_groups_queue(url: str) -> None:
             assert [reply.data for reply in replies] == [b"0", b"1", b"2", b"3"]
         finally:
             for transport in (first, second, caller):
+                await transport.close()
+
+    asyncio.run(main())
+
+
+@pytest.mark.parametrize("leaving", ["unsubscribe", "close"])
+def test_a_member_that_leaves_hands_back_what_its_last_receive_took(url: str, leaving: str) -> None:
+    """A member's long poll is still waiting in SQS when it leaves its group: what that
+    receive takes is made visible again at once for the other members, not hidden for the
+    queue's visibility timeout (a rolling restart would time its callers out)."""
+
+    async def main() -> None:
+        leaver = await connect_transport(url)
+        stayer = await connect_transport(url)
+        caller = await connect_transport(url)
+        try:
+            subscription = await echo(leaver, "roll.>", queue="roll")
+            await asyncio.sleep(0.3)  # its receive is waiting in SQS now
+            if leaving == "close":
+                closing = asyncio.create_task(leaver.close())
+            else:
+                await subscription.unsubscribe()
+            await echo(stayer, "roll.>", queue="roll")
+            # Sent while the leaver's receive still waits: it takes it, and hands it back.
+            reply = await caller.request("roll.call", b"still served", timeout=8)
+            assert reply.data == b"still served"
+            if leaving == "close":
+                await closing
+        finally:
+            for transport in (leaver, stayer, caller):
                 await transport.close()
 
     asyncio.run(main())

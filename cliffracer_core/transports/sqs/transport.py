@@ -9,7 +9,9 @@ the URL. How messages travel (``names.py`` says what things are called):
   queue (``<group>``, ``<pattern>``), shared by its members on every host, or a queue of one
   connection for a subscription without a group, deleted when it unsubscribes. Each queue is
   long-polled by one task of the connection that consumes it; what it receives is deleted at
-  once (at most once, as NATS core) and waits in the subscription's pending queue.
+  once (at most once, as NATS core) and waits in the subscription's pending queue. A group's
+  poller is never cancelled while its receive waits in SQS (what that receive took would be
+  hidden for the visibility timeout): it ends with it and hands back what it took.
 - A plain publish (an event) goes to the deployment's SNS topic with a ``subject`` message
   attribute; each queue is subscribed to the topic with a filter policy on it (the subject, or
   the tokens before its first wildcard as a prefix) and raw delivery. ``*`` and ``>`` beyond
@@ -70,8 +72,10 @@ logger = logging.getLogger("cliffracer.connection")
 
 PREFIX = "cliffracer"
 INBOX = "_INBOX."
-# Seconds a receive waits for a message (SQS's long polling takes 20 at most).
-POLL_WAIT = 10
+# Seconds a receive waits for a message (SQS's long polling takes 20 at most): also the most
+# close() waits for a group's receive under way to end (and hand back what it took). Each
+# idle queue costs a receive per POLL_WAIT.
+POLL_WAIT = 5
 # The HTTP connections a transport may hold: one per queue it long-polls, and its sends.
 MAX_CONNECTIONS = 256
 # Seconds SQS keeps a message nobody received (its least), and hides one received whose
@@ -146,6 +150,9 @@ class Inlet:
         self.subscription_arn = subscription_arn
         self.subscriptions: list[SqsSubscription] = []
         self.task: asyncio.Task[None] | None = None
+        # Set when nobody here consumes it any more: its poller ends after the receive under
+        # way, handing back what that takes.
+        self.leaving = False
 
 
 class SqsSubscription(Pending):
@@ -237,8 +244,10 @@ class SqsTransport(Transport):
         # Reply queues of other connections by client id, and what hashed names stand for.
         self._reply_urls: dict[str, str | None] = {}
         self._hashed: dict[str, names.QueueName | None] = {}
-        # Deletions of received messages under way (awaited before the clients close).
+        # Deletions of received messages under way, and pollers of groups left here ending
+        # their last receive (awaited before the clients close).
         self._settling: set[asyncio.Task[None]] = set()
+        self._leaving: set[asyncio.Task[None]] = set()
 
     @classmethod
     def check(cls) -> list[tuple[str, str]]:
@@ -312,9 +321,17 @@ class SqsTransport(Transport):
             if subscription.task is not None:
                 subscription.task.cancel()
         reply, self._reply = self._reply, None
+        # A group's poller ends with the receive under way (within poll_wait), handing back
+        # what it takes; the queues of this connection's own are deleted, their pollers cancelled.
+        groups = {i.task for i in inlets if i.name.kind == "g" and i.task is not None}
+        groups |= self._leaving
+        for inlet in inlets:
+            inlet.leaving = True
+        if groups:
+            await asyncio.wait(groups, timeout=self.poll_wait + 5)
         tasks = [i.task for i in [*inlets, reply] if i is not None and i.task is not None]
-        if self._beating is not None:
-            tasks.append(self._beating)
+        tasks += [self._beating] if self._beating is not None else []
+        tasks += list(self._leaving)
         for task in tasks:
             task.cancel()
         for task in tasks:
@@ -580,7 +597,7 @@ class SqsTransport(Transport):
 
     async def _poll(self, inlet: Inlet) -> None:
         """Long-poll ``inlet``'s queue until it is no longer consumed here."""
-        while not self._closed:
+        while not self._closed and not inlet.leaving:
             try:
                 answer = await self.sqs.receive_message(
                     QueueUrl=inlet.url, MaxNumberOfMessages=10, WaitTimeSeconds=self.poll_wait
@@ -601,10 +618,21 @@ class SqsTransport(Transport):
             messages = answer.get("Messages", [])
             if not messages:
                 continue
-            # At most once, as NATS core: taken off the queue before it is handled.
             entries = [
                 {"Id": str(n), "ReceiptHandle": m["ReceiptHandle"]} for n, m in enumerate(messages)
             ]
+            if inlet.leaving or self._closed:
+                # Taken by a receive that was waiting when the last member here left: visible
+                # again at once for the group's other members (SQS has no way to call a
+                # waiting receive off, and cancelling it would hide them for the visibility
+                # timeout).
+                with contextlib.suppress(*UNAVAILABLE):
+                    await self.sqs.change_message_visibility_batch(
+                        QueueUrl=inlet.url,
+                        Entries=[{**entry, "VisibilityTimeout": 0} for entry in entries],
+                    )
+                return
+            # At most once, as NATS core: taken off the queue before it is handled.
             settling = asyncio.get_running_loop().create_task(self._settle(inlet.url, entries))
             self._settling.add(settling)
             settling.add_done_callback(self._settling.discard)
@@ -851,12 +879,19 @@ class SqsTransport(Transport):
         if inlet.subscriptions or self._closed:
             return
         self._inlets.pop(inlet.name, None)
+        if inlet.name.kind == "g":
+            # The receive under way ends by itself within poll_wait and hands back what it
+            # took (``_poll``); close() waits for it.
+            inlet.leaving = True
+            if inlet.task is not None:
+                self._leaving.add(inlet.task)
+                inlet.task.add_done_callback(self._leaving.discard)
+            return
         if inlet.task is not None:
             inlet.task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await inlet.task
-        if inlet.name.kind == "b":
-            await self._delete(inlet)
+        await self._delete(inlet)
 
     async def flush(self, timeout: float = 5.0) -> None:
         """Every call here returns once SQS or SNS has done it: nothing waits to be sent."""
