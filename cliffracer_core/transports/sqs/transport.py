@@ -65,7 +65,9 @@ from cliffracer_core.transports.base import (
     too_large,
 )
 from cliffracer_core.transports.sqs import names
+from cliffracer_core.transports.sqs import sweep as sweeping
 from cliffracer_core.transports.sqs.envelope import MAX_BODY, expired, pack, unpack
+from cliffracer_core.transports.sqs.sweep import SEEN_TAG
 from cliffracer_core.transports.subjects import subject_matches
 
 logger = logging.getLogger("cliffracer.connection")
@@ -86,7 +88,6 @@ VISIBILITY = 10
 # how long without one a queue is taken for a crashed process's and deleted by a sweep.
 HEARTBEAT = 60.0
 STALE_AFTER = 600.0
-SEEN_TAG = "cliffracer-seen"
 # What SQS answers when a queue is not there.
 MISSING_QUEUE = ("AWS.SimpleQueueService.NonExistentQueue", "QueueDoesNotExist")
 # What SQS answers when a queue of that name exists with other attributes.
@@ -305,7 +306,7 @@ class SqsTransport(Transport):
             ) from None
         self.topic_arn = topic["TopicArn"]
         self._connected = True
-        self._beating = asyncio.get_running_loop().create_task(self._beat())
+        self._beating = asyncio.get_running_loop().create_task(sweeping.beat(self))
 
     async def close(self) -> None:
         if self._closed:
@@ -515,83 +516,11 @@ class SqsTransport(Transport):
                 return None  # the caller is gone: dropped, as NATS drops it
         return self._reply_urls[client]
 
-    # Queues of crashed processes
-
-    async def _beat(self) -> None:
-        """Refresh the "last seen" tag of this connection's own queues every ``heartbeat``;
-        now and then (first after a random part of a heartbeat, so that connections made
-        together do not sweep together) delete the queues of connections that stopped."""
-        sweep_every = max(self.heartbeat, self.stale_after / 2)
-        next_sweep = time.monotonic() + random.uniform(0, self.heartbeat)
-        while not self._closed:
-            await asyncio.sleep(min(self.heartbeat, max(0.0, next_sweep - time.monotonic())))
-            try:
-                if time.monotonic() >= next_sweep:
-                    next_sweep = time.monotonic() + sweep_every * random.uniform(0.8, 1.2)
-                    await self.sweep()
-                own = [i for i in self._inlets.values() if i.name.kind == "b"]
-                own += [self._reply] if self._reply is not None else []
-                seen = {SEEN_TAG: str(int(time.time()))}
-                for inlet in own:
-                    with contextlib.suppress(ClientError):  # deleted meanwhile
-                        await self.sqs.tag_queue(QueueUrl=inlet.url, Tags=seen)
-            except asyncio.CancelledError:
-                raise
-            except UNAVAILABLE as error:
-                self._failures.warning("beat", "Refreshing or sweeping queues failed (%s).", error)
+    # Queues of crashed processes (sweep.py)
 
     async def sweep(self) -> list[str]:
-        """Delete the queues (and their topic subscriptions) of connections whose "last seen"
-        tag is older than ``stale_after``: a crashed process's broadcast and reply queues,
-        which would otherwise take messages, and count as responders, for ever. Return their
-        names. A group's queue is never swept (other hosts may consume it)."""
-        cutoff = time.time() - self.stale_after
-        own = {inlet.url for inlet in self._inlets.values()}
-        own |= {self._reply.url} if self._reply is not None else set()
-        stale: list[str] = []
-        arguments: dict[str, Any] = {"QueueNamePrefix": f"{self.prefix}-", "MaxResults": 1000}
-        while True:
-            page = await self.sqs.list_queues(**arguments)
-            for url in page.get("QueueUrls", []):
-                name = url.rsplit("/", 1)[-1]
-                kind = name[len(self.prefix) + 1 : len(self.prefix) + 2]
-                if url in own or kind not in ("b", "r", "B"):
-                    continue
-                try:
-                    tags = (await self.sqs.list_queue_tags(QueueUrl=url)).get("Tags", {})
-                except ClientError:
-                    continue
-                seen = tags.get(SEEN_TAG, "")
-                if seen.isdigit() and int(seen) < cutoff:
-                    stale.append(url)
-            if not page.get("NextToken"):
-                break
-            arguments["NextToken"] = page["NextToken"]
-        if not stale:
-            return []
-        arns = {}
-        for url in stale:
-            with contextlib.suppress(ClientError):
-                attributes = await self.sqs.get_queue_attributes(
-                    QueueUrl=url, AttributeNames=["QueueArn"]
-                )
-                arns[attributes["Attributes"]["QueueArn"]] = url
-        listing: dict[str, Any] = {"TopicArn": self.topic_arn}
-        while True:
-            page = await self.sns.list_subscriptions_by_topic(**listing)
-            for subscription in page.get("Subscriptions", []):
-                if subscription.get("Endpoint") in arns:
-                    with contextlib.suppress(ClientError):
-                        await self.sns.unsubscribe(SubscriptionArn=subscription["SubscriptionArn"])
-            if not page.get("NextToken"):
-                break
-            listing["NextToken"] = page["NextToken"]
-        for url in stale:
-            with contextlib.suppress(ClientError):
-                await self.sqs.delete_queue(QueueUrl=url)
-        names_swept = [url.rsplit("/", 1)[-1] for url in stale]
-        logger.info("Deleted %d queues of stopped connections: %s", len(stale), names_swept)
-        return names_swept
+        """Delete the queues of connections that stopped (``sweep.py``); their names."""
+        return await sweeping.sweep(self)
 
     # Receiving
 
