@@ -123,11 +123,20 @@ def test_a_wrong_url_is_refused_with_a_reason(location: str) -> None:
     asyncio.run(main())
 
 
-def test_the_system_check_names_a_wrong_prefix(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_system_check_names_a_wrong_prefix_and_a_missing_region(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    for variable in ("AWS_REGION", "AWS_DEFAULT_REGION", "AWS_PROFILE"):
+        monkeypatch.delenv(variable, raising=False)
+    monkeypatch.setenv("AWS_CONFIG_FILE", "/nonexistent")
     monkeypatch.setenv("CLIFFRACER_TRANSPORT_URL", "sqs://?prefix=shop.prod")
-    [(message, hint)] = SqsTransport.check()
+    [(message, hint), (no_region, region_hint)] = SqsTransport.check()
     assert "shop.prod" in message and "prefix" in hint
+    assert "region" in no_region and "AWS_REGION" in region_hint
     monkeypatch.setenv("CLIFFRACER_TRANSPORT_URL", "sqs://?prefix=shop_prod&region=eu-west-1")
+    assert SqsTransport.check() == []
+    monkeypatch.setenv("CLIFFRACER_TRANSPORT_URL", "sqs://?prefix=shop_prod")
+    monkeypatch.setenv("AWS_REGION", "eu-central-1")
     assert SqsTransport.check() == []
 
 

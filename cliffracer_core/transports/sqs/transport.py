@@ -127,6 +127,14 @@ def split_location(location: str) -> dict[str, str]:
     return options
 
 
+def _environment_region() -> str | None:
+    """The region of the environment (``AWS_REGION``, which this transport reads itself, or
+    what botocore finds: ``AWS_DEFAULT_REGION``, the profile, its config file)."""
+    from botocore.session import get_session as botocore_session
+
+    return os.environ.get("AWS_REGION") or botocore_session().get_config_variable("region")
+
+
 def _missing(error: BaseException) -> bool:
     return isinstance(error, ClientError) and (
         error.response.get("Error", {}).get("Code") in MISSING_QUEUE
@@ -259,15 +267,23 @@ class SqsTransport(Transport):
             query = split_location(location)
         except ValueError as error:
             return [(str(error), "Write it as sqs://?prefix=shop&region=eu-west-1.")]
+        problems = []
         prefix = str(options.get("prefix") or query.get("prefix") or PREFIX)
         if not names.PREFIX.match(prefix):
-            return [
+            problems.append(
                 (
                     f"The SQS prefix {prefix!r} is not 1 to 32 letters, digits or '_'.",
                     "Choose a prefix without '-' or dots, e.g. ?prefix=shop_prod.",
                 )
-            ]
-        return []
+            )
+        if not (options.get("region") or query.get("region") or _environment_region()):
+            problems.append(
+                (
+                    "No AWS region for the SNS/SQS transport.",
+                    "Set AWS_REGION (or a profile's region), or ?region=eu-west-1 in the URL.",
+                )
+            )
+        return problems
 
     # Connecting
 
