@@ -1,4 +1,4 @@
-"""The raw baselines of ``rpc_overhead.py --transport amqp|redis``: request/reply written
+"""The raw baselines of ``rpc_overhead.py --transport amqp|redis|sqs``: request/reply written
 straight against each broker's client library, in the pattern Cliffracer's backend uses there.
 
 - **amqp** (aio-pika): the responder consumes a queue bound to a topic exchange; the caller
@@ -9,6 +9,10 @@ straight against each broker's client library, in the pattern Cliffracer's backe
   channel, a request id, the body) to the service's list; the responder's workers pop up to 64
   at a time (``BLMPOP``) and ``PUBLISH`` each reply to the caller's channel, where one
   subscription per caller hands replies to their futures.
+- **sqs** (aiobotocore, on moto's server): the responder long-polls the service's queue, ten
+  messages a receive, deletes them in one batch and sends each reply to the caller's reply
+  queue named in the JSON body; the caller sends to the service's queue (its URL looked up
+  once) and one task long-polls its reply queue, matching replies by id.
 
 These are the measured patterns of ``TRANSPORTS.md`` (its raw table), so the figures can be set
 beside it. Both use keys and names of their own run (``name``), and delete them at the end.
@@ -162,5 +166,102 @@ async def redis_caller(url: str, name: str) -> tuple[Callable[[bytes], Awaitable
     return call, close
 
 
-SERVERS = {"amqp": serve_amqp, "redis": serve_redis}
-CALLERS = {"amqp": amqp_caller, "redis": redis_caller}
+# SNS/SQS
+
+
+def sqs_client(url: str, service: str = "sqs") -> Any:
+    """An aiobotocore client of ``service`` (an async context manager) for an ``sqs://`` URL's
+    region and endpoint."""
+    from urllib.parse import parse_qsl, urlsplit
+
+    from aiobotocore.config import AioConfig
+    from aiobotocore.session import get_session
+
+    options = dict(parse_qsl(urlsplit(url).query))
+    return get_session().create_client(
+        service,
+        region_name=options.get("region"),
+        endpoint_url=options.get("endpoint_url"),
+        config=AioConfig(max_pool_connections=64),
+    )
+
+
+async def serve_sqs(url: str, name: str, ready: Callable[[], None], stop: Awaitable[Any]) -> None:
+    async with sqs_client(url) as sqs:
+        queue = (await sqs.create_queue(QueueName=f"{name}-echo"))["QueueUrl"]
+
+        async def work() -> None:
+            while True:
+                answer = await sqs.receive_message(
+                    QueueUrl=queue, MaxNumberOfMessages=10, WaitTimeSeconds=10
+                )
+                messages = answer.get("Messages", [])
+                if not messages:
+                    continue
+                entries = [
+                    {"Id": str(n), "ReceiptHandle": m["ReceiptHandle"]}
+                    for n, m in enumerate(messages)
+                ]
+                sends = [sqs.delete_message_batch(QueueUrl=queue, Entries=entries)]
+                for message in messages:
+                    request = json.loads(message["Body"])
+                    reply = request["i"] + "\n" + echo(request["b"].encode()).decode()
+                    sends.append(sqs.send_message(QueueUrl=request["r"], MessageBody=reply))
+                await asyncio.gather(*sends)
+
+        worker = asyncio.create_task(work())
+        ready()
+        await stop
+        worker.cancel()
+        await asyncio.gather(worker, return_exceptions=True)
+        await sqs.delete_queue(QueueUrl=queue)
+
+
+async def sqs_caller(url: str, name: str) -> tuple[Callable[[bytes], Awaitable[bytes]], Any]:
+    context = sqs_client(url)
+    sqs = await context.__aenter__()
+    service = (await sqs.get_queue_url(QueueName=f"{name}-echo"))["QueueUrl"]
+    replies = (await sqs.create_queue(QueueName=f"{name}-r-{uuid.uuid4().hex[:12]}"))["QueueUrl"]
+    waiting: dict[str, asyncio.Future[bytes]] = {}
+
+    async def read_replies() -> None:
+        while True:
+            answer = await sqs.receive_message(
+                QueueUrl=replies, MaxNumberOfMessages=10, WaitTimeSeconds=10
+            )
+            messages = answer.get("Messages", [])
+            if not messages:
+                continue
+            entries = [
+                {"Id": str(n), "ReceiptHandle": m["ReceiptHandle"]} for n, m in enumerate(messages)
+            ]
+            asyncio.get_running_loop().create_task(
+                sqs.delete_message_batch(QueueUrl=replies, Entries=entries)
+            )
+            for message in messages:
+                identifier, body = message["Body"].split("\n", 1)
+                future = waiting.pop(identifier, None)
+                if future is not None and not future.done():
+                    future.set_result(body.encode())
+
+    reader = asyncio.create_task(read_replies())
+
+    async def call(body: bytes) -> bytes:
+        identifier = uuid.uuid4().hex
+        future = asyncio.get_running_loop().create_future()
+        waiting[identifier] = future
+        request = {"r": replies, "i": identifier, "b": body.decode()}
+        await sqs.send_message(QueueUrl=service, MessageBody=json.dumps(request))
+        return await future
+
+    async def close() -> None:
+        reader.cancel()
+        await asyncio.gather(reader, return_exceptions=True)
+        await sqs.delete_queue(QueueUrl=replies)
+        await context.__aexit__(None, None, None)
+
+    return call, close
+
+
+SERVERS = {"amqp": serve_amqp, "redis": serve_redis, "sqs": serve_sqs}
+CALLERS = {"amqp": amqp_caller, "redis": redis_caller, "sqs": sqs_caller}

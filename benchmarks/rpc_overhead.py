@@ -647,6 +647,8 @@ def print_summary(
 BROKERS = {
     "amqp": ("amqp://guest:guest@127.0.0.1:5672/", "aio-pika", "beam.smp"),
     "redis": ("redis://127.0.0.1:6379/0", "redis-py", "redis-server"),
+    # moto's server, started for the run on a free port (the URL is made then).
+    "sqs": ("", "aiobotocore", "moto_server"),
 }
 
 
@@ -662,8 +664,19 @@ def process_named(name: str) -> int | None:
 
 
 def orchestrate_broker(args: argparse.Namespace) -> int:
-    """``--transport amqp|redis``: Cliffracer on that transport against the broker's raw client,
-    in the same pattern (``benchmarks/brokers.py``), at concurrency 1 and 50."""
+    """``--transport amqp|redis|sqs``: Cliffracer on that transport against the broker's raw
+    client, in the same pattern (``benchmarks/brokers.py``), at concurrency 1 and 50."""
+    if args.transport == "sqs" and not args.url:
+        from cliffracer_core.testing.moto import CREDENTIALS, REGION, running_moto_server
+
+        # moto's test credentials for the children too (no real ones go to an emulator).
+        os.environ.update(CREDENTIALS)
+        with (
+            tempfile.TemporaryDirectory(prefix="cliffracer-moto-") as directory,
+            running_moto_server(Path(directory) / "moto.log") as endpoint,
+        ):
+            args.url = f"sqs://?region={REGION}&endpoint_url={endpoint}"
+            return orchestrate_broker(args)
     default_url, library, process = BROKERS[args.transport]
     url = args.url or default_url
     name = f"bench{os.getpid()}"
@@ -672,6 +685,8 @@ def orchestrate_broker(args: argparse.Namespace) -> int:
     cliffracer_url = url
     if args.transport == "redis":
         cliffracer_url += ("&" if "?" in url else "?") + f"prefix={name}:c:"
+    if args.transport == "sqs":
+        cliffracer_url += ("&" if "?" in url else "?") + f"prefix={name}c"
     rows = [
         Row("raw", f"A raw {library}", "broker", "broker"),
         Row("cliffracer", "B Cliffracer", "cliffracer", "bench"),
@@ -772,11 +787,11 @@ def main() -> int:
         "--transport",
         choices=("nats", *BROKERS),
         default="nats",
-        help="nats (default: every row above); amqp or redis: Cliffracer's service and client "
-        "on that transport against the broker's raw client in the same pattern (the machine's "
-        "broker, or --url's)",
+        help="nats (default: every row above); amqp, redis or sqs: Cliffracer's service and "
+        "client on that transport against the broker's raw client in the same pattern (the "
+        "machine's broker, moto's server started for the run, or --url's)",
     )
-    parser.add_argument("--url", help="the broker of --transport amqp|redis")
+    parser.add_argument("--url", help="the broker of --transport amqp|redis|sqs")
     parser.add_argument("--caller", default="raw", help=argparse.SUPPRESS)
     parser.add_argument("--subject", default="", help=argparse.SUPPRESS)
     parser.add_argument("--concurrency", type=int, default=1, help=argparse.SUPPRESS)

@@ -4,6 +4,9 @@ import itertools
 
 import pytest
 
+# moto's server for the AWS tests (CloudWatch, the SNS/SQS transport).
+from tests.moto_server import moto_server, shared_moto_server  # noqa: F401  (fixtures)
+
 _counter = itertools.count()
 
 

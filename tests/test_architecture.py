@@ -19,7 +19,7 @@ PACKAGE = "cliffracer_core"
 SOURCE = Path(__file__).resolve().parents[1] / PACKAGE
 # The transport backends; everything else of ``transports`` is the seam (the base class, the
 # subject matcher, the handler that loads a backend by its import string).
-BACKENDS = ("nats", "memory", "amqp", "redis")
+BACKENDS = ("nats", "memory", "amqp", "redis", "sqs")
 
 
 def module_name(path: Path) -> str:
@@ -136,9 +136,19 @@ def test_only_the_amqp_backend_imports_aio_pika(graph):
     assert found == []
 
 
-@pytest.mark.parametrize(
-    "backend", ["transports.nats", "transports.memory", "transports.amqp", "transports.redis"]
-)
+def test_only_the_sqs_backend_imports_aiobotocore(graph):
+    # botocore itself is shared: the CloudWatch exporter's boto3 is built on it too.
+    found = [
+        f"{module} imports {name}"
+        for module, imported in sorted(graph.items())
+        if part_of(module) != "transports.sqs"
+        for name in sorted(imported)
+        if name.split(".")[0] == "aiobotocore"
+    ]
+    assert found == []
+
+
+@pytest.mark.parametrize("backend", [f"transports.{backend}" for backend in BACKENDS])
 def test_a_backend_imports_the_core_and_the_seam_only(graph, backend):
     assert violations(graph, backend, {"core", "seam"}) == []
 

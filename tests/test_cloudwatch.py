@@ -14,53 +14,11 @@ import subprocess
 import sys
 
 import boto3
-import pytest
 
 from cliffracer_core.testing.plugin import project_root
 from cliffracer_core.testing.polling import wait_for
-from cliffracer_core.transports.nats.embedded import free_port
+from tests.moto_server import CREDENTIALS, REGION
 from tests.test_metrics import requests
-
-REGION = "eu-west-1"
-# moto accepts any credentials; these are its documented test values, no secret.
-CREDENTIALS = {
-    "AWS_ACCESS_KEY_ID": "testing",
-    "AWS_SECRET_ACCESS_KEY": "testing",
-    "AWS_DEFAULT_REGION": REGION,
-}
-
-
-@pytest.fixture
-def moto_server(tmp_path):
-    port = free_port("127.0.0.1")
-    log = open(tmp_path / "moto.log", "wb")  # noqa: SIM115  (closed below)
-    process = subprocess.Popen(
-        [
-            os.path.join(os.path.dirname(sys.executable), "moto_server"),
-            "-H",
-            "127.0.0.1",
-            "-p",
-            str(port),
-        ],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-    url = f"http://127.0.0.1:{port}"
-
-    def answers() -> bool:
-        import urllib.request
-
-        try:
-            urllib.request.urlopen(f"{url}/moto-api/", timeout=1).close()
-        except OSError:
-            return False
-        return True
-
-    wait_for(answers, 30, what="moto's server")
-    yield url
-    process.terminate()
-    process.wait(10)
-    log.close()
 
 
 def cloudwatch(url: str):

@@ -32,8 +32,9 @@ from cliffracer_core.transports.memory import reset_broker
 from cliffracer_core.transports.nats.embedded import NatsServer
 from tests.amqp_broker import amqp_url  # noqa: F401  (a fixture)
 from tests.redis_broker import prefixed_url
+from tests.sqs_broker import sqs_url
 
-BACKENDS = ["nats", "memory", "amqp", "redis"]
+BACKENDS = ["nats", "memory", "amqp", "redis", "sqs"]
 # How long a test lets messages that might still come arrive before it says none did.
 QUIET = 0.2
 
@@ -48,7 +49,8 @@ def backend(request: pytest.FixtureRequest) -> str:
 @pytest.fixture
 def url(backend: str, nats_server: NatsServer, request: pytest.FixtureRequest) -> Iterator[str]:
     """The backend's URL: the session's nats-server, a memory broker of this test's own, or
-    the session's vhost on the machine's RabbitMQ, or a key prefix of its own on its Redis."""
+    the session's vhost on the machine's RabbitMQ, a key prefix of its own on its Redis, or
+    a deployment prefix of its own on the session's moto server."""
     if backend == "nats":
         yield nats_server.url
         return
@@ -57,6 +59,10 @@ def url(backend: str, nats_server: NatsServer, request: pytest.FixtureRequest) -
         return
     if backend == "redis":
         with prefixed_url() as location:
+            yield location
+        return
+    if backend == "sqs":
+        with sqs_url(request.getfixturevalue("shared_moto_server")) as location:
             yield location
         return
     location = f"memory://conformance-{next(_locations)}"
@@ -209,7 +215,10 @@ async def answer(transport: Transport, subject: str, reply: Callable[[Any], byte
 
 
 # What a backend lacks, as the capability table of docs/transports.md says.
-LACKING = {"amqp": ["deduplication", "stream_history"]}
+LACKING = {
+    "amqp": ["deduplication", "stream_history"],
+    "sqs": ["durable", "delayed_nak", "deduplication", "stream_history"],
+}
 
 
 def test_every_feature_is_declared(transport: Transport, backend: str) -> None:

@@ -50,6 +50,7 @@ BACKENDS = {
     "amqps": "cliffracer_core.transports.amqp.AmqpTransport",
     "redis": "cliffracer_core.transports.redis.RedisTransport",
     "rediss": "cliffracer_core.transports.redis.RedisTransport",
+    "sqs": "cliffracer_core.transports.sqs.SqsTransport",
 }
 URL_VARIABLE = "CLIFFRACER_TRANSPORT_URL"
 # Attempts a shared client connection makes to (re)connect before it gives up.

@@ -482,6 +482,16 @@ class Replies:
         return list(self.items)
 
 
+def clean_headers(headers: dict[str, str] | None) -> dict[str, str] | None:
+    """Headers as they arrive over NATS: a copy, keys and values trimmed, line breaks in values
+    made spaces, None when there are none (for backends that carry headers in an envelope)."""
+    cleaned = {}
+    for key, value in (headers or {}).items():
+        if key.strip():
+            cleaned[key.strip()] = value.strip().replace("\r", " ").replace("\n", " ")
+    return cleaned or None
+
+
 def is_no_responders_status(message: Any) -> bool:
     """Whether ``message`` is a broker's "no responders" status (503, no body), as NATS sends
     to a reply subject: no reply of anyone's."""

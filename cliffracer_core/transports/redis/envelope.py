@@ -5,17 +5,9 @@ from __future__ import annotations
 
 import msgpack
 
-from cliffracer_core.transports.base import Received
+from cliffracer_core.transports.base import Received, clean_headers
 
-
-def clean_headers(headers: dict[str, str] | None) -> dict[str, str] | None:
-    """Headers as they arrive over NATS: a copy, keys and values trimmed, line breaks in values
-    made spaces, None when there are none."""
-    cleaned = {}
-    for key, value in (headers or {}).items():
-        if key.strip():
-            cleaned[key.strip()] = value.strip().replace("\r", " ").replace("\n", " ")
-    return cleaned or None
+__all__ = ["clean_headers", "copy", "header_size", "pack", "unpack"]
 
 
 def header_size(headers: dict[str, str] | None) -> int:

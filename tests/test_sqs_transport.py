@@ -1,0 +1,351 @@
+"""What only the SNS/SQS transport has to show (tests/test_transports.py holds it to NATS's
+semantics): how subjects become queue names and back, long names hashed within SQS's 80
+characters, what a connection leaves behind when it closes, a request to a service that
+stopped, its URL's mistakes, and a real ``runservice`` on moto's server that ``manage.py
+call`` and ``manage.py services`` reach."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from typing import Any
+
+import boto3
+import pytest
+
+from cliffracer_core.core.errors import NoResponders, RemoteUnavailable, RpcTimeout
+from cliffracer_core.testing.plugin import project_root
+from cliffracer_core.transports import backend_for
+from cliffracer_core.transports import connect as connect_transport
+from cliffracer_core.transports.base import Transport
+from cliffracer_core.transports.sqs import SqsTransport, names
+from tests.moto_server import REGION
+from tests.sqs_broker import sqs_url
+
+
+@pytest.fixture
+def url(shared_moto_server: str) -> Iterator[str]:
+    with sqs_url(shared_moto_server) as location:
+        yield location
+
+
+def prefix_of(url: str) -> str:
+    return url.split("prefix=")[1].split("&")[0]
+
+
+def queue_names(url: str, endpoint: str) -> list[str]:
+    client = boto3.client("sqs", region_name=REGION, endpoint_url=endpoint)
+    urls = client.list_queues(QueueNamePrefix=f"{prefix_of(url)}-").get("QueueUrls", [])
+    return sorted(url.rsplit("/", 1)[1] for url in urls)
+
+
+async def echo(transport: Transport, subject: str, *, queue: str = "") -> Any:
+    async def respond(message: Any) -> None:
+        await transport.publish(message.reply, message.data)
+
+    return await transport.subscribe(subject, respond, queue=queue)
+
+
+SUBJECTS = [
+    "orders.create",
+    "$SRV.PING.orders.abc123",
+    "orders.*",
+    "orders.>",
+    "*.created",
+    ">",
+    "snake_case.kebab-case.MixedCase",
+    "__.--._-",
+    "orders.é.ünïcode.𝄞",
+]
+
+
+@pytest.mark.parametrize("subject", SUBJECTS)
+def test_a_subject_is_written_in_queue_name_characters_and_read_back(subject: str) -> None:
+    written = names.encode(subject)
+    assert all(c.isascii() and (c.isalnum() or c in "-_") for c in written)
+    assert "__" not in written
+    assert names.decode(written) == subject
+
+
+@pytest.mark.parametrize("subject", SUBJECTS)
+@pytest.mark.parametrize("kind", ["g", "b"])
+def test_a_queue_name_says_which_group_and_pattern_it_is_for(subject: str, kind: str) -> None:
+    owner = "orders.on_payment" if kind == "g" else "0123456789ab"
+    queue = names.QueueName(kind, owner, subject)
+    name, tags = names.queue_name("shop_prod", queue)
+    assert len(name) <= names.MAX_NAME and tags == {}
+    assert names.parse("shop_prod", name) == queue
+    # Another deployment's prefix that starts the same never reads it as its own.
+    assert names.parse("shop", name) is None
+
+
+def test_a_long_name_is_hashed_within_80_characters_and_read_from_its_tags() -> None:
+    long = "orders." + ".".join(f"part{n}" for n in range(30))
+    queue = names.QueueName("g", "orders", long)
+    name, tags = names.queue_name("shop_prod", queue)
+    assert len(name) == names.MAX_NAME
+    assert names.parse("shop_prod", name) is None and names.is_hashed("shop_prod", name)
+    assert names.from_tags(name, "shop_prod", tags) == queue
+    other, _ = names.queue_name("shop_prod", names.QueueName("g", "orders", long + "x"))
+    assert other != name
+
+
+def test_filter_policies_say_what_sns_can_and_leave_the_rest_to_the_consumer() -> None:
+    assert names.filter_policy("orders.created") == {"subject": ["orders.created"]}
+    assert names.filter_policy("orders.*.created") == {"subject": [{"prefix": "orders."}]}
+    assert names.filter_policy("orders.eu.>") == {"subject": [{"prefix": "orders.eu."}]}
+    assert names.filter_policy("*.created") is None
+    assert names.filter_policy(">") is None
+
+
+def test_the_sqs_scheme_picks_the_sqs_backend() -> None:
+    assert backend_for("sqs://?prefix=shop") == "cliffracer_core.transports.sqs.SqsTransport"
+
+
+@pytest.mark.parametrize(
+    "location",
+    [
+        "sqs://somehost:4566",  # a host: the endpoint goes in endpoint_url
+        "sqs://?prefix=shop-prod",  # '-' separates a name's parts
+        "sqs://?prefix=shop&colour=blue",  # an option nobody reads
+    ],
+)
+def test_a_wrong_url_is_refused_with_a_reason(location: str) -> None:
+    async def main() -> None:
+        with pytest.raises(RemoteUnavailable) as raised:
+            await connect_transport(location)
+        assert raised.value.type == "transport_unavailable"
+
+    asyncio.run(main())
+
+
+def test_the_system_check_names_a_wrong_prefix_and_a_missing_region(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    for variable in ("AWS_REGION", "AWS_DEFAULT_REGION", "AWS_PROFILE"):
+        monkeypatch.delenv(variable, raising=False)
+    monkeypatch.setenv("AWS_CONFIG_FILE", "/nonexistent")
+    monkeypatch.setenv("CLIFFRACER_TRANSPORT_URL", "sqs://?prefix=shop.prod")
+    [(message, hint), (no_region, region_hint)] = SqsTransport.check()
+    assert "shop.prod" in message and "prefix" in hint
+    assert "region" in no_region and "AWS_REGION" in region_hint
+    monkeypatch.setenv("CLIFFRACER_TRANSPORT_URL", "sqs://?prefix=shop_prod&region=eu-west-1")
+    assert SqsTransport.check() == []
+    monkeypatch.setenv("CLIFFRACER_TRANSPORT_URL", "sqs://?prefix=shop_prod")
+    monkeypatch.setenv("AWS_REGION", "eu-central-1")
+    assert SqsTransport.check() == []
+
+
+def test_long_subjects_and_group_names_travel_under_hashed_names(url: str) -> None:
+    subject = "orders." + ".".join(f"segment{n}" for n in range(20))
+
+    async def main() -> None:
+        responder = await connect_transport(url)
+        caller = await connect_transport(url)
+        try:
+            await echo(responder, subject, queue="a.rather.long.queue.group.name." * 3)
+            reply = await caller.request(subject, b"long", timeout=10)
+            assert reply.data == b"long"
+            received: asyncio.Queue[Any] = asyncio.Queue()
+
+            async def put(message: Any) -> None:
+                await received.put(message)
+
+            await responder.subscribe(subject.rsplit(".", 1)[0] + ".*", put)
+            await caller.publish(subject, b"event")
+            async with asyncio.timeout(10):
+                assert (await received.get()).data == b"event"
+        finally:
+            await responder.close()
+            await caller.close()
+
+    asyncio.run(main())
+
+
+def test_close_deletes_the_connections_own_queues_and_keeps_its_groups(
+    url: str, shared_moto_server: str
+) -> None:
+    prefix = prefix_of(url)
+
+    async def main() -> None:
+        transport = await connect_transport(url)
+        other = await connect_transport(url)
+        await echo(transport, "svc.>", queue="svc")
+        await echo(transport, "$SRV.PING")
+        await other.request("svc.hello", b"", timeout=10)  # other gets its reply queue
+        assert len(queue_names(url, shared_moto_server)) == 3
+        await transport.close()
+        # The group's queue stays for its other members; the rest of transport's goes.
+        assert queue_names(url, shared_moto_server) == [
+            f"{prefix}-g-svc__svc-_g",
+            f"{prefix}-r-{other.client_id}",
+        ]
+        with pytest.raises(NoResponders):
+            await other.request("$SRV.PING", b"", timeout=10)
+        await other.close()
+        assert queue_names(url, shared_moto_server) == [f"{prefix}-g-svc__svc-_g"]
+
+    asyncio.run(main())
+
+
+def test_a_request_to_a_stopped_service_times_out_and_is_not_handled_later(url: str) -> None:
+    """Its group's queue is still there (SQS cannot tell nobody consumes it): the caller
+    waits its timeout, and an instance that starts afterwards does not act on the request."""
+
+    async def main() -> None:
+        service = await connect_transport(url)
+        caller = await connect_transport(url)
+        try:
+            subscription = await echo(service, "billing.>", queue="billing")
+            await subscription.unsubscribe()
+            with pytest.raises(RpcTimeout) as raised:
+                await caller.request("billing.charge", b"late", timeout=0.5)
+            assert "is any instance of the service running" in str(raised.value)
+            handled: list[bytes] = []
+
+            async def handle(message: Any) -> None:
+                handled.append(message.data)
+                await service.publish(message.reply, message.data)
+
+            await service.subscribe("billing.>", handle, queue="billing")
+            assert (await caller.request("billing.charge", b"now", timeout=10)).data == b"now"
+            await asyncio.sleep(0.3)
+            assert handled == [b"now"]
+        finally:
+            await service.close()
+            await caller.close()
+
+    asyncio.run(main())
+
+
+def manage(url: str, *arguments: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "manage.py", *arguments],
+        cwd=project_root(),
+        env=dict(os.environ, DJANGO_SETTINGS_MODULE="tests.settings", CLIFFRACER_TRANSPORT_URL=url),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def test_runservice_on_sqs_answers_call_and_discovery(
+    transactional_db: Any, runservice_process: Any, url: str
+) -> None:
+    runservice_process(
+        "testservice", DJANGO_SETTINGS_MODULE="tests.settings", CLIFFRACER_TRANSPORT_URL=url
+    )
+    called = manage(url, "call", "testservice.echo", '{"text": "over sqs"}')
+    assert called.returncode == 0, called.stderr
+    assert json.loads(called.stdout) == {"text": "over sqs"}
+    services = manage(url, "services", "--wait", "1", "--json")
+    assert services.returncode == 0, services.stderr
+    assert "testservice" in json.dumps(json.loads(services.stdout))
+    # No queue matches a service that never ran: no responders at once, no traceback.
+    missing = manage(url, "call", "nosuchservice.echo", "{}")
+    assert missing.returncode == 1
+    assert "no_responders" in missing.stderr
+    assert "Traceback" not in missing.stderr
+
+
+def test_a_sweep_deletes_the_queues_of_a_connection_that_stopped(
+    url: str, shared_moto_server: str
+) -> None:
+    """A crashed process leaves its broadcast and reply queues: once their "last seen" tag is
+    older than ``stale_after`` another connection's sweep deletes them and their topic
+    subscriptions, and a request nobody else hears is ``NoResponders`` again."""
+    prefix = prefix_of(url)
+    sns = boto3.client("sns", region_name=REGION, endpoint_url=shared_moto_server)
+    sqs = boto3.client("sqs", region_name=REGION, endpoint_url=shared_moto_server)
+
+    def subscriptions() -> int:
+        topic = sns.create_topic(Name=names.topic_name(prefix))["TopicArn"]
+        return len(sns.list_subscriptions_by_topic(TopicArn=topic)["Subscriptions"])
+
+    async def main() -> None:
+        # "crashed" never refreshes its tags (a heartbeat of an hour) and is not closed
+        # before the sweep, as a killed process is not.
+        crashed = await connect_transport(url, heartbeat=3600)
+        await echo(crashed, "lost.ping")
+        await echo(crashed, "gone.>", queue="gone")
+        await crashed.request("lost.ping", b"", timeout=10)  # it gets a reply queue too
+        for name in queue_names(url, shared_moto_server):
+            queue = sqs.get_queue_url(QueueName=name)["QueueUrl"]
+            if f"-{crashed.client_id}" in name or f"-b-{crashed.client_id}" in name:
+                sqs.tag_queue(QueueUrl=queue, Tags={"cliffracer-seen": "1000"})
+        assert subscriptions() == 2
+        sweeper = await connect_transport(url, heartbeat=0.1, stale_after=60)
+        try:
+            await echo(sweeper, "alive.ping")
+
+            def swept() -> bool:
+                return queue_names(url, shared_moto_server) == [
+                    f"{prefix}-b-{sweeper.client_id}__alive-ping",
+                    f"{prefix}-g-gone__gone-_g",
+                ]
+
+            async with asyncio.timeout(10):
+                while not swept():
+                    await asyncio.sleep(0.1)
+            assert subscriptions() == 2  # the group's (never swept) and the sweeper's own
+            with pytest.raises(NoResponders):
+                await sweeper.request("lost.ping", b"", timeout=10)
+        finally:
+            await sweeper.close()
+            await crashed.close()
+
+    asyncio.run(main())
+
+
+def test_members_with_other_settings_share_their_groups_queue(url: str) -> None:
+    """SQS refuses to make a queue again with other attributes: a member whose ``poll_wait``
+    differs consumes the queue as the first member made it."""
+
+    async def main() -> None:
+        first = await connect_transport(url)
+        second = await connect_transport(url, poll_wait=2)
+        caller = await connect_transport(url)
+        try:
+            await echo(first, "shared.>", queue="shared")
+            await echo(second, "shared.>", queue="shared")
+            replies = [await caller.request("shared.x", b"%d" % n, timeout=10) for n in range(4)]
+            assert [reply.data for reply in replies] == [b"0", b"1", b"2", b"3"]
+        finally:
+            for transport in (first, second, caller):
+                await transport.close()
+
+    asyncio.run(main())
+
+
+@pytest.mark.parametrize("leaving", ["unsubscribe", "close"])
+def test_a_member_that_leaves_hands_back_what_its_last_receive_took(url: str, leaving: str) -> None:
+    """A member's long poll is still waiting in SQS when it leaves its group: what that
+    receive takes is made visible again at once for the other members, not hidden for the
+    queue's visibility timeout (a rolling restart would time its callers out)."""
+
+    async def main() -> None:
+        leaver = await connect_transport(url)
+        stayer = await connect_transport(url)
+        caller = await connect_transport(url)
+        try:
+            subscription = await echo(leaver, "roll.>", queue="roll")
+            await asyncio.sleep(0.3)  # its receive is waiting in SQS now
+            if leaving == "close":
+                closing = asyncio.create_task(leaver.close())
+            else:
+                await subscription.unsubscribe()
+            await echo(stayer, "roll.>", queue="roll")
+            # Sent while the leaver's receive still waits: it takes it, and hands it back.
+            reply = await caller.request("roll.call", b"still served", timeout=8)
+            assert reply.data == b"still served"
+            if leaving == "close":
+                await closing
+        finally:
+            for transport in (leaver, stayer, caller):
+                await transport.close()
+
+    asyncio.run(main())
