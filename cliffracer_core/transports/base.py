@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 from cliffracer_core.core.errors import RemoteError, remote_error
+from cliffracer_core.core.log import RateLimitedLog
 
 if TYPE_CHECKING:
     from cliffracer_core.core.streams import Stream
@@ -170,6 +171,8 @@ class Transport:
     # The URL schemes this backend serves, and what a log line calls it.
     schemes: ClassVar[tuple[str, ...]] = ()
     display_name: ClassVar[str] = "the transport"
+    # Each backend logs its dropped messages on its own logger, at most so often.
+    _drops: RateLimitedLog
 
     def __init__(
         self, location: str, options: dict[str, Any] | None = None, *, role: str = "client"
@@ -179,6 +182,17 @@ class Transport:
         self.role = role
         # Called with the subject of each message a subscription had no room for.
         self.on_dropped: Callable[[str], None] | None = None
+
+    def dropped(self, subject: str) -> None:
+        """A subscription on ``subject`` had no room for a message: tell ``on_dropped`` and
+        log it (rate-limited by the backend's ``_drops``, a ``RateLimitedLog``)."""
+        if self.on_dropped is not None:
+            self.on_dropped(subject)
+        self._drops.warning(
+            "slow",
+            "Messages on %s dropped: their subscription is full (the process is overloaded).",
+            subject[:200],
+        )
 
     @classmethod
     def check(cls) -> list[tuple[str, str]]:

@@ -393,15 +393,6 @@ class AmqpTransport(Transport):
     def redacted_location(self) -> str:
         return redact(self.location)
 
-    def dropped(self, subject: str) -> None:
-        if self.on_dropped is not None:
-            self.on_dropped(subject)
-        self._drops.warning(
-            "slow",
-            "Messages on %s dropped: their subscription is full (the process is overloaded).",
-            subject[:200],
-        )
-
     # Messages
 
     def new_inbox(self) -> str:

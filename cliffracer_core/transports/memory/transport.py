@@ -106,15 +106,6 @@ class MemoryTransport(Transport):
     def server(self) -> str:
         return self.location
 
-    def dropped(self, subject: str) -> None:
-        if self.on_dropped is not None:
-            self.on_dropped(subject)
-        self._drops.warning(
-            "slow",
-            "Messages on %s dropped: their subscription is full (the process is overloaded).",
-            subject[:200],
-        )
-
     def _usable(self, subject: str = "") -> None:
         if not self._connected:
             raise RemoteUnavailable(

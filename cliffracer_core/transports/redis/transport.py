@@ -425,15 +425,6 @@ class RedisTransport(Transport):
     def redacted_location(self) -> str:
         return redact(self.location)
 
-    def dropped(self, subject: str) -> None:
-        if self.on_dropped is not None:
-            self.on_dropped(subject)
-        self._drops.warning(
-            "slow",
-            "Messages on %s dropped: their subscription is full (the process is overloaded).",
-            subject[:200],
-        )
-
     def _usable(self, subject: str = "") -> None:
         if self._closed or self.redis is None:
             raise RemoteUnavailable(

@@ -382,15 +382,6 @@ class SqsTransport(Transport):
             return str(self.sqs.meta.endpoint_url)
         return f"sqs.{self.region}.amazonaws.com" if self.region else ""
 
-    def dropped(self, subject: str) -> None:
-        if self.on_dropped is not None:
-            self.on_dropped(subject)
-        self._drops.warning(
-            "slow",
-            "Messages on %s dropped: their subscription is full (the process is overloaded).",
-            subject[:200],
-        )
-
     def _usable(self, subject: str = "") -> None:
         if self._closed or self.sqs is None:
             raise RemoteUnavailable(
