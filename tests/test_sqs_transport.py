@@ -7,6 +7,7 @@ call`` and ``manage.py services`` reach."""
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import os
 import subprocess
@@ -349,3 +350,86 @@ def test_a_member_that_leaves_hands_back_what_its_last_receive_took(url: str, le
                 await transport.close()
 
     asyncio.run(main())
+
+
+@pytest.mark.timeout(300)
+def test_the_examples_order_flow_runs_on_sqs(
+    transactional_db: Any, runservice_process: Any, url: str
+) -> None:
+    """The e-commerce example's four services on SNS/SQS (moto's server): a customer's order
+    is paid, its stock committed and the customer notified, through RPCs, outboxes and durable
+    events."""
+    import functools
+
+    from tests.test_ecommerce_flow import place_an_order_on
+
+    place_an_order_on(url, runservice_process, functools.partial(manage, url))
+
+
+@pytest.fixture
+def durable_service(
+    settings: Any, transactional_db: Any, url: str, monkeypatch: Any
+) -> Iterator[dict[str, str]]:
+    """The durabletest service's stream known here too (as tests/test_faults.py does), its
+    side-effect table, this process on ``url``; the environment of its processes."""
+    from django.db import connection
+
+    from tests.durableapp.models import SideEffect
+    from tests.test_faults import SETTINGS, STREAM
+
+    settings.CLIFFRACER = {
+        **settings.CLIFFRACER,
+        "STREAMS": {STREAM: {"subjects": ["durabletest.>"], "max_age": 3600}},
+    }
+    monkeypatch.setenv("CLIFFRACER_TRANSPORT_URL", url)
+    with connection.schema_editor() as editor:
+        editor.create_model(SideEffect)
+    yield {**SETTINGS, "CLIFFRACER_TRANSPORT_URL": url}
+    with connection.schema_editor() as editor:
+        editor.delete_model(SideEffect)
+
+
+@pytest.mark.timeout(240)
+def test_a_killed_consumers_message_comes_again_and_a_poisoned_one_is_a_dead_letter(
+    durable_service: dict[str, str],
+    runservice_process: Any,
+    tmp_path: Any,
+    url: str,
+    shared_moto_server: str,
+) -> None:
+    """A ``runservice`` SIGKILLed while it handles a durable event: the next one is given
+    the event again once its visibility timeout (``DURABLE_ACK_WAIT``) passes, as its second
+    delivery. A handler that fails every time: after its ``max_deliveries`` the event is a
+    DeadLetter row of the admin and a message in the stream's dead-letter queue."""
+    from cliffracer_core import publish
+    from cliffracer_core.contrib.durable.models import DeadLetter
+    from tests.durableapp.models import SideEffect
+    from tests.test_faults import wait_until
+
+    hang, broken = tmp_path / "hang", tmp_path / "broken"
+    hang.touch()
+    broken.touch()
+    markers = {"DURABLETEST_HANG": str(hang), "DURABLETEST_BROKEN": str(broken)}
+    service = runservice_process("durabletest", **durable_service, **markers)
+    publish("durabletest.slow", {"id": "killed"})
+    assert wait_until(lambda: SideEffect.objects.filter(handler="slow-started").exists(), 60)
+    service.process.kill()
+    service.wait()
+    hang.unlink()
+    runservice_process("durabletest", **durable_service, **markers)
+    assert wait_until(lambda: SideEffect.objects.filter(handler="slow").exists(), 60)
+    started = SideEffect.objects.filter(handler="slow-started").order_by("delivery")
+    assert [effect.delivery for effect in started] == [1, 2]
+    assert SideEffect.objects.get(handler="slow").delivery == 2
+
+    publish("durabletest.flaky", {"id": "poison"})
+    assert wait_until(lambda: DeadLetter.objects.filter(status="pending").exists(), 60)
+    letter = DeadLetter.objects.get()
+    assert (letter.service, letter.handler, letter.attempts) == ("durabletest", "on_flaky", 3)
+    assert letter.error_type == "RuntimeError"
+    client = boto3.client("sqs", region_name=REGION, endpoint_url=shared_moto_server)
+    [dead] = client.list_queues(QueueNamePrefix=f"{prefix_of(url)}-x-")["QueueUrls"]
+    received = client.receive_message(QueueUrl=dead, WaitTimeSeconds=5)["Messages"]
+    buried = json.loads(received[0]["Body"])
+    assert buried["s"] == "durabletest.flaky"
+    assert json.loads(base64.b64decode(buried["d"])) == {"id": "poison"}
