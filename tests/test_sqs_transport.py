@@ -398,9 +398,9 @@ def test_a_killed_consumers_message_comes_again_and_a_poisoned_one_is_a_dead_let
     shared_moto_server: str,
 ) -> None:
     """A ``runservice`` SIGKILLed while it handles a durable event: the next one is given
-    the event again once its visibility timeout (``DURABLE_ACK_WAIT``) passes, as its second
-    delivery. A handler that fails every time: after its ``max_deliveries`` the event is a
-    DeadLetter row of the admin and a message in the stream's dead-letter queue."""
+    the event again once its visibility timeout (``DURABLE_ACK_WAIT``) passes. A handler that
+    fails every time: after its ``max_deliveries`` the event is a DeadLetter row of the admin
+    and a message in the stream's dead-letter queue."""
     from cliffracer_core import publish
     from cliffracer_core.contrib.durable.models import DeadLetter
     from tests.durableapp.models import SideEffect
@@ -418,9 +418,11 @@ def test_a_killed_consumers_message_comes_again_and_a_poisoned_one_is_a_dead_let
     hang.unlink()
     runservice_process("durabletest", **durable_service, **markers)
     assert wait_until(lambda: SideEffect.objects.filter(handler="slow").exists(), 60)
-    started = SideEffect.objects.filter(handler="slow-started").order_by("delivery")
-    assert [effect.delivery for effect in started] == [1, 2]
-    assert SideEffect.objects.get(handler="slow").delivery == 2
+    first, again = SideEffect.objects.filter(handler="slow-started").order_by("delivery")
+    # A later delivery, as SQS counts receives: the killed process's long poll, still open in
+    # SQS, may take the message once more when it becomes visible (counted, never handled).
+    assert first.delivery == 1 and again.delivery > 1
+    assert SideEffect.objects.get(handler="slow").delivery == again.delivery
 
     publish("durabletest.flaky", {"id": "poison"})
     assert wait_until(lambda: DeadLetter.objects.filter(status="pending").exists(), 60)

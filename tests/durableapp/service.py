@@ -55,7 +55,9 @@ class DurableTestService(Service):
         )
         assert get_message_id()
 
-    @event("durabletest.slow", durable=True, idempotent=True)
+    # Not idempotent: its "started" row must commit before it hangs (an idempotent handler
+    # runs in one transaction).
+    @event("durabletest.slow", durable=True)
     def on_slow(self, work: Work) -> None:
         delivery = current_delivery.get()
         attempt = delivery.attempt if delivery else 0
