@@ -9,11 +9,14 @@ the bus after the transport took it, as one entry: ``Source`` the setting's ``SO
 "correlation_id", "data"}`` with the event's JSON body as ``data``. A retried row puts its
 event again (EventBridge keeps no message-id window): the ``message_id`` tells copies apart.
 Region, endpoint and credentials come from the AWS environment unless ``REGION`` and
-``ENDPOINT_URL`` say otherwise. The system check cliffracer.E046 reports a bad setting.
+``ENDPOINT_URL`` say otherwise. The call is boto3's in a worker thread, one client per
+process. The system check cliffracer.E046 reports a bad setting.
 """
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import json
 from typing import Any
 
@@ -26,6 +29,15 @@ KEYS = {"BUS", "SUBJECTS", "SOURCE", "REGION", "ENDPOINT_URL"}
 SOURCE = "cliffracer"
 # EventBridge's limit on one entry.
 MAX_ENTRY = 256 * 1024
+
+
+@functools.cache
+def events_client(region: str | None, endpoint_url: str | None) -> Any:
+    """One boto3 EventBridge client per region and endpoint in the process (boto3's clients
+    are thread-safe; only the SQS transport uses aiobotocore, tests/test_architecture.py)."""
+    import boto3
+
+    return boto3.client("events", region_name=region or None, endpoint_url=endpoint_url or None)
 
 
 def configuration_problems(config: Any) -> list[str]:
@@ -95,19 +107,13 @@ async def put_on_eventbridge(
         return
     if not any(subject_matches(pattern, subject) for pattern in config["SUBJECTS"]):
         return
-    from aiobotocore.session import get_session
     from botocore.exceptions import BotoCoreError, ClientError
 
-    options: dict[str, Any] = {}
-    if config.get("REGION"):
-        options["region_name"] = config["REGION"]
-    if config.get("ENDPOINT_URL"):
-        options["endpoint_url"] = config["ENDPOINT_URL"]
     try:
-        async with get_session().create_client("events", **options) as client:
-            answer = await client.put_events(
-                Entries=[entry(config, subject, payload, headers, msg_id)]
-            )
+        client = events_client(config.get("REGION"), config.get("ENDPOINT_URL"))
+        answer = await asyncio.to_thread(
+            client.put_events, Entries=[entry(config, subject, payload, headers, msg_id)]
+        )
     except (BotoCoreError, ClientError, OSError) as error:
         raise RemoteUnavailable(
             f"EventBridge did not take the event on {subject} ({str(error)[:300]}).",
