@@ -367,11 +367,9 @@ def test_the_examples_order_flow_runs_on_sqs(
 
 
 @pytest.fixture
-def durable_service(
-    settings: Any, transactional_db: Any, url: str, monkeypatch: Any
-) -> Iterator[dict[str, str]]:
+def durable_service(settings: Any, transactional_db: Any, url: str) -> Iterator[dict[str, str]]:
     """The durabletest service's stream known here too (as tests/test_faults.py does), its
-    side-effect table, this process on ``url``; the environment of its processes."""
+    side-effect table; the environment of its processes."""
     from django.db import connection
 
     from tests.durableapp.models import SideEffect
@@ -381,7 +379,6 @@ def durable_service(
         **settings.CLIFFRACER,
         "STREAMS": {STREAM: {"subjects": ["durabletest.>"], "max_age": 3600}},
     }
-    monkeypatch.setenv("CLIFFRACER_TRANSPORT_URL", url)
     with connection.schema_editor() as editor:
         editor.create_model(SideEffect)
     yield {**SETTINGS, "CLIFFRACER_TRANSPORT_URL": url}
@@ -401,10 +398,23 @@ def test_a_killed_consumers_message_comes_again_and_a_poisoned_one_is_a_dead_let
     the event again once its visibility timeout (``DURABLE_ACK_WAIT``) passes. A handler that
     fails every time: after its ``max_deliveries`` the event is a DeadLetter row of the admin
     and a message in the stream's dead-letter queue."""
-    from cliffracer_core import publish
+    from cliffracer_core import apublish
     from cliffracer_core.contrib.durable.models import DeadLetter
+    from cliffracer_core.testing.plugin import run_async
     from tests.durableapp.models import SideEffect
     from tests.test_faults import wait_until
+
+    def publish(subject: str, data: dict[str, str]) -> None:
+        """On a connection of its own: the process's shared one may be another test's."""
+
+        async def main() -> None:
+            transport = await connect_transport(url)
+            try:
+                await apublish(subject, data, transport=transport)
+            finally:
+                await transport.close()
+
+        run_async(main())
 
     hang, broken = tmp_path / "hang", tmp_path / "broken"
     hang.touch()

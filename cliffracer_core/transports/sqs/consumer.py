@@ -365,6 +365,8 @@ class SqsAttachment:
                 task.cancel()
         self.tasks = []
         self.held.clear()
+        # A receive still under way on the old queue ends with its answer (``run``).
+        self.url = ""
         try:
             await self.start()
         except NoStream:
