@@ -445,3 +445,50 @@ def test_a_killed_consumers_message_comes_again_and_a_poisoned_one_is_a_dead_let
     buried = json.loads(received[0]["Body"])
     assert buried["s"] == "durabletest.flaky"
     assert json.loads(base64.b64decode(buried["d"])) == {"id": "poison"}
+
+
+def test_the_stream_registry_keeps_the_newest_of_its_versions(
+    url: str, shared_moto_server: str
+) -> None:
+    """A client that died between sending the registry's next version and deleting the one
+    before leaves two: a reader keeps the newest and deletes the others."""
+    from cliffracer_core.core.streams import STREAM_DEFAULTS, Stream
+
+    client = boto3.client("sqs", region_name=REGION, endpoint_url=shared_moto_server)
+    registry: dict[str, str] = {}
+
+    async def main() -> None:
+        transport = await connect_transport(url)
+        try:
+            stream = Stream("KEPT", {**STREAM_DEFAULTS, "subjects": ["kept.>"]})
+            assert await transport.ensure_stream(stream) == "created"
+            registry.update(client.get_queue_url(QueueName=names.registry_name(prefix_of(url))))
+            # Behind it in the queue, an older version and a newer one (as writers that died
+            # mid-change would leave them): the newest is kept wherever it stands.
+            later = {"subjects": ["later.>"]}
+            versions = [
+                {"version": 0, "streams": {}},
+                {
+                    "version": 10**6,
+                    "streams": {
+                        "LATER": {"config": later, "incarnation": "x", "id": "i", "consumers": {}}
+                    },
+                },
+            ]
+            for number, version in enumerate(versions):
+                client.send_message(
+                    QueueUrl=registry["QueueUrl"],
+                    MessageBody=json.dumps(version),
+                    MessageGroupId="registry",
+                    MessageDeduplicationId=f"v{number}",
+                )
+            assert (await transport.stream_state("LATER")).subjects == ["later.>"]
+            assert await transport.stream_state("KEPT") is None
+        finally:
+            await transport.close()
+
+    asyncio.run(main())
+    attributes = client.get_queue_attributes(
+        QueueUrl=registry["QueueUrl"], AttributeNames=["ApproximateNumberOfMessages"]
+    )["Attributes"]
+    assert attributes["ApproximateNumberOfMessages"] == "1"
