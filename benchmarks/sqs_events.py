@@ -12,7 +12,10 @@ receive, deleted in one batch) by a subscriber in the same process, on a connect
 
 * **A raw aiobotocore** (the baseline): ``sns.publish`` and ``sqs.receive_message`` by hand;
 * **B Cliffracer**: ``transport.publish(subject, body)`` and a ``transport.subscribe(pattern)``
-  callback (the queue, filter policy and long polling of ``transports/sqs``).
+  callback (the queue, filter policy and long polling of ``transports/sqs``);
+* **C Cliffracer durable**: ``transport.publish_durable`` to a stream and a durable consumer
+  (``transport.consume``, ``max_in_flight`` 50) that acknowledges each delivery: at least once,
+  a ``DeleteMessage`` per event and the stream registry read by the publisher every 5 s.
 
 At concurrency 1 each publish waits for its event to arrive (latency, publish to callback); at
 concurrency 50, fifty publishers run for the window (throughput of events received). It prints
@@ -124,6 +127,40 @@ async def cliffracer_row(
     return publish, close
 
 
+async def durable_row(
+    url: str, name: str, on_event: Callable[[bytes], None]
+) -> tuple[Publish, Any]:
+    from cliffracer_core.core.streams import STREAM_DEFAULTS, Stream
+    from cliffracer_core.transports import connect
+
+    location = f"{url}&prefix={name}d"
+    subscriber, publisher = await connect(location), await connect(location)
+    await publisher.ensure_stream(Stream("BENCH", {**STREAM_DEFAULTS, "subjects": ["bench.>"]}))
+
+    settling: set[asyncio.Task[None]] = set()
+
+    async def received(delivery: Any) -> None:
+        # Settled in a task of its own, as contrib.durable's handlers are.
+        task = asyncio.get_running_loop().create_task(delivery.ack())
+        settling.add(task)
+        task.add_done_callback(settling.discard)
+        on_event(delivery.data)
+
+    consumer = await subscriber.consume(
+        "BENCH", "bench", received, filter_subject="bench.>", ack_wait=30, max_in_flight=50
+    )
+
+    async def publish(subject: str, body: bytes) -> None:
+        await publisher.publish_durable(subject, body, msg_id=uuid.uuid4().hex)
+
+    async def close() -> None:
+        await consumer.close()
+        await subscriber.close()
+        await publisher.close()
+
+    return publish, close
+
+
 async def measure(
     row: Callable[..., Any], url: str, concurrency: int, seconds: float, warmup: float
 ) -> dict[str, float]:
@@ -172,15 +209,19 @@ async def measure(
 
 
 async def run(url: str, seconds: float, warmup: float) -> None:
-    rows = {"A raw aiobotocore": raw_row, "B Cliffracer": cliffracer_row}
+    rows = {
+        "A raw aiobotocore": raw_row,
+        "B Cliffracer": cliffracer_row,
+        "C Cliffracer durable": durable_row,
+    }
     figures: dict[tuple[str, int], dict[str, float]] = {}
-    print(f"{'run':<20}{'c':>4}{'events/s':>11}{'p50 ms':>10}{'p99 ms':>10}")
+    print(f"{'run':<22}{'c':>4}{'events/s':>11}{'p50 ms':>10}{'p99 ms':>10}")
     for concurrency in (1, HIGH_CONCURRENCY):
         for label, row in rows.items():
             result = await measure(row, url, concurrency, seconds, warmup)
             figures[(label, concurrency)] = result
             print(
-                f"{label:<20}{concurrency:>4}{result['rate']:>11.1f}"
+                f"{label:<22}{concurrency:>4}{result['rate']:>11.1f}"
                 f"{result['p50']:>10.1f}{result['p99']:>10.1f}"
             )
     raw, ours = "A raw aiobotocore", "B Cliffracer"
@@ -195,6 +236,12 @@ async def run(url: str, seconds: float, warmup: float) -> None:
     print(
         f"Cliffracer/raw p50 latency at c=1: "
         f"{figures[(ours, 1)]['p50'] / figures[(raw, 1)]['p50']:.3f} (no bar)"
+    )
+    durable, high = "C Cliffracer durable", HIGH_CONCURRENCY
+    print(
+        f"durable/raw events/s at c={high}: "
+        f"{figures[(durable, high)]['rate'] / figures[(raw, high)]['rate']:.3f} (no bar); "
+        f"durable/raw p50 at c=1: {figures[(durable, 1)]['p50'] / figures[(raw, 1)]['p50']:.3f}"
     )
 
 

@@ -7,6 +7,7 @@ call`` and ``manage.py services`` reach."""
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import os
 import subprocess
@@ -349,3 +350,145 @@ def test_a_member_that_leaves_hands_back_what_its_last_receive_took(url: str, le
                 await transport.close()
 
     asyncio.run(main())
+
+
+@pytest.mark.timeout(300)
+def test_the_examples_order_flow_runs_on_sqs(
+    transactional_db: Any, runservice_process: Any, url: str
+) -> None:
+    """The e-commerce example's four services on SNS/SQS (moto's server): a customer's order
+    is paid, its stock committed and the customer notified, through RPCs, outboxes and durable
+    events."""
+    import functools
+
+    from tests.test_ecommerce_flow import place_an_order_on
+
+    place_an_order_on(url, runservice_process, functools.partial(manage, url))
+
+
+@pytest.fixture
+def durable_service(settings: Any, transactional_db: Any, url: str) -> Iterator[dict[str, str]]:
+    """The durabletest service's stream known here too (as tests/test_faults.py does), its
+    side-effect table; the environment of its processes."""
+    from django.db import connection
+
+    from tests.durableapp.models import SideEffect
+    from tests.test_faults import SETTINGS, STREAM
+
+    settings.CLIFFRACER = {
+        **settings.CLIFFRACER,
+        "STREAMS": {STREAM: {"subjects": ["durabletest.>"], "max_age": 3600}},
+    }
+    with connection.schema_editor() as editor:
+        editor.create_model(SideEffect)
+    yield {**SETTINGS, "CLIFFRACER_TRANSPORT_URL": url}
+    with connection.schema_editor() as editor:
+        editor.delete_model(SideEffect)
+
+
+@pytest.mark.timeout(240)
+def test_a_killed_consumers_message_comes_again_and_a_poisoned_one_is_a_dead_letter(
+    durable_service: dict[str, str],
+    runservice_process: Any,
+    tmp_path: Any,
+    url: str,
+    shared_moto_server: str,
+) -> None:
+    """A ``runservice`` SIGKILLed while it handles a durable event: the next one is given
+    the event again once its visibility timeout (``DURABLE_ACK_WAIT``) passes. A handler that
+    fails every time: after its ``max_deliveries`` the event is a DeadLetter row of the admin
+    and a message in the stream's dead-letter queue."""
+    from cliffracer_core import apublish
+    from cliffracer_core.contrib.durable.models import DeadLetter
+    from cliffracer_core.testing.plugin import run_async
+    from tests.durableapp.models import SideEffect
+    from tests.test_faults import wait_until
+
+    def publish(subject: str, data: dict[str, str]) -> None:
+        """On a connection of its own: the process's shared one may be another test's."""
+
+        async def main() -> None:
+            transport = await connect_transport(url)
+            try:
+                await apublish(subject, data, transport=transport)
+            finally:
+                await transport.close()
+
+        run_async(main())
+
+    hang, broken = tmp_path / "hang", tmp_path / "broken"
+    hang.touch()
+    broken.touch()
+    markers = {"DURABLETEST_HANG": str(hang), "DURABLETEST_BROKEN": str(broken)}
+    service = runservice_process("durabletest", **durable_service, **markers)
+    publish("durabletest.slow", {"id": "killed"})
+    assert wait_until(lambda: SideEffect.objects.filter(handler="slow-started").exists(), 60)
+    service.process.kill()
+    service.wait()
+    hang.unlink()
+    runservice_process("durabletest", **durable_service, **markers)
+    assert wait_until(lambda: SideEffect.objects.filter(handler="slow").exists(), 60)
+    first, again = SideEffect.objects.filter(handler="slow-started").order_by("delivery")
+    # A later delivery, as SQS counts receives: the killed process's long poll, still open in
+    # SQS, may take the message once more when it becomes visible (counted, never handled).
+    assert first.delivery == 1 and again.delivery > 1
+    assert SideEffect.objects.get(handler="slow").delivery == again.delivery
+
+    publish("durabletest.flaky", {"id": "poison"})
+    assert wait_until(lambda: DeadLetter.objects.filter(status="pending").exists(), 60)
+    letter = DeadLetter.objects.get()
+    assert (letter.service, letter.handler, letter.attempts) == ("durabletest", "on_flaky", 3)
+    assert letter.error_type == "RuntimeError"
+    client = boto3.client("sqs", region_name=REGION, endpoint_url=shared_moto_server)
+    [dead] = client.list_queues(QueueNamePrefix=f"{prefix_of(url)}-x-")["QueueUrls"]
+    received = client.receive_message(QueueUrl=dead, WaitTimeSeconds=5)["Messages"]
+    buried = json.loads(received[0]["Body"])
+    assert buried["s"] == "durabletest.flaky"
+    assert json.loads(base64.b64decode(buried["d"])) == {"id": "poison"}
+
+
+def test_the_stream_registry_keeps_the_newest_of_its_versions(
+    url: str, shared_moto_server: str
+) -> None:
+    """A client that died between sending the registry's next version and deleting the one
+    before leaves two: a reader keeps the newest and deletes the others."""
+    from cliffracer_core.core.streams import STREAM_DEFAULTS, Stream
+
+    client = boto3.client("sqs", region_name=REGION, endpoint_url=shared_moto_server)
+    registry: dict[str, str] = {}
+
+    async def main() -> None:
+        transport = await connect_transport(url)
+        try:
+            stream = Stream("KEPT", {**STREAM_DEFAULTS, "subjects": ["kept.>"]})
+            assert await transport.ensure_stream(stream) == "created"
+            registry.update(client.get_queue_url(QueueName=names.registry_name(prefix_of(url))))
+            # Behind it in the queue, an older version and a newer one (as writers that died
+            # mid-change would leave them): the newest is kept wherever it stands.
+            later = {"subjects": ["later.>"]}
+            versions = [
+                {"version": 0, "streams": {}},
+                {
+                    "version": 10**6,
+                    "streams": {
+                        "LATER": {"config": later, "incarnation": "x", "id": "i", "consumers": {}}
+                    },
+                },
+            ]
+            for number, version in enumerate(versions):
+                client.send_message(
+                    QueueUrl=registry["QueueUrl"],
+                    MessageBody=json.dumps(version),
+                    MessageGroupId="registry",
+                    MessageDeduplicationId=f"v{number}",
+                )
+            assert (await transport.stream_state("LATER")).subjects == ["later.>"]
+            assert await transport.stream_state("KEPT") is None
+        finally:
+            await transport.close()
+
+    asyncio.run(main())
+    attributes = client.get_queue_attributes(
+        QueueUrl=registry["QueueUrl"], AttributeNames=["ApproximateNumberOfMessages"]
+    )["Attributes"]
+    assert attributes["ApproximateNumberOfMessages"] == "1"

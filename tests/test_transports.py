@@ -217,7 +217,7 @@ async def answer(transport: Transport, subject: str, reply: Callable[[Any], byte
 # What a backend lacks, as the capability table of docs/transports.md says.
 LACKING = {
     "amqp": ["deduplication", "stream_history"],
-    "sqs": ["durable", "delayed_nak", "deduplication", "stream_history"],
+    "sqs": ["deduplication", "stream_history"],
 }
 
 

@@ -192,6 +192,10 @@ DEFAULTS: dict[str, Any] = {
     # declare the streams of its own subjects in its ``streams`` attribute instead. Publishing
     # to a subject a stream holds goes through JetStream and waits for its acknowledgement.
     "STREAMS": {},
+    # Events also put on an Amazon EventBridge bus (docs/durable.md): None, or {"BUS": name or
+    # ARN, "SUBJECTS": [patterns], "SOURCE": "cliffracer", "REGION": …, "ENDPOINT_URL": …};
+    # region, endpoint and credentials default to the AWS environment.
+    "EVENTBRIDGE": None,
     # Replicas of each declared stream that does not set ``num_replicas`` itself: None keeps
     # JetStream's 1; 3 on a three-node cluster (docs/deployment.md). The environment variable
     # CLIFFRACER_STREAM_REPLICAS wins.

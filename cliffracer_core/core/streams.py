@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+from collections.abc import Awaitable, Callable
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -291,6 +292,14 @@ async def publish_to_stream(
     )
 
 
+# Other destinations of every event ``publish_message`` publishes, registered by contrib apps
+# (EventBridge, ``contrib.durable.eventbridge``): awaited after the transport took the event, so
+# that a destination's failure fails the publish (and the outbox relay tries the row again).
+# Called with the subject, body, headers and message id (None for a plain publish without).
+EventDestination = Callable[[str, bytes, dict[str, str], str | None], Awaitable[None]]
+event_destinations: list[EventDestination] = []
+
+
 async def publish_message(
     transport: Transport,
     subject: str,
@@ -310,10 +319,13 @@ async def publish_message(
             if msg_id is not None:
                 headers[MSG_ID] = clean_header_value(msg_id)
             await transport.publish(subject, payload, headers=headers)
-            return
-        await publish_to_stream(
-            transport, subject, payload, headers, msg_id=msg_id or new_message_id(), stream=stream
-        )
+        else:
+            msg_id = msg_id or new_message_id()
+            await publish_to_stream(
+                transport, subject, payload, headers, msg_id=msg_id, stream=stream
+            )
+        for destination in event_destinations:
+            await destination(subject, payload, headers, msg_id)
 
 
 # JetStream's duplicate window when a stream sets none (or its max age, if shorter).

@@ -2,11 +2,13 @@
 
 Its stream is declared here, by the service that owns the subjects. ``DURABLETEST_BROKEN``
 names a file: while it exists, ``on_flaky`` fails (the test "fixes" the handler by removing
-it).
+it). ``DURABLETEST_HANG`` names a file too: while it exists, ``on_slow`` hangs after noting
+that it started (the tests kill the process meanwhile).
 """
 
 import logging
 import os
+import time
 from pathlib import Path
 
 from pydantic import BaseModel
@@ -52,6 +54,18 @@ class DurableTestService(Service):
             delivery=delivery.attempt if delivery else 0,
         )
         assert get_message_id()
+
+    # Not idempotent: its "started" row must commit before it hangs (an idempotent handler
+    # runs in one transaction).
+    @event("durabletest.slow", durable=True)
+    def on_slow(self, work: Work) -> None:
+        delivery = current_delivery.get()
+        attempt = delivery.attempt if delivery else 0
+        SideEffect.objects.create(handler="slow-started", event_id=work.id, delivery=attempt)
+        marker = os.environ.get("DURABLETEST_HANG")
+        while marker and Path(marker).exists():
+            time.sleep(0.1)
+        SideEffect.objects.create(handler="slow", event_id=work.id, delivery=attempt)
 
     # Events published without a Nats-Msg-Id (any plain JetStream client): their key is the
     # stream's incarnation and sequence (tests/test_stream_incarnations.py).

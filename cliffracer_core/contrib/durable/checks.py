@@ -1,5 +1,5 @@
 """System checks of streams, durable handlers and their settings (cliffracer.E018-E023,
-W024).
+W024), and of the EventBridge destination (cliffracer.E046).
 
 Registered by the root app (``cliffracer_core.apps``), so that they run whether or not the
 durable app is installed (a durable handler without it is itself an error).
@@ -38,7 +38,20 @@ POSITIVE_INTEGERS = (
 
 
 def durable_errors() -> list[Any]:
-    return [*_setting_errors(), *_stream_errors(), *_handler_errors()]
+    return [*_setting_errors(), *_stream_errors(), *_handler_errors(), *_eventbridge_errors()]
+
+
+def _eventbridge_errors() -> list[Any]:
+    from cliffracer_core.contrib.durable.eventbridge import configuration_problems
+
+    return [
+        Error(
+            problem,
+            hint='e.g. CLIFFRACER["EVENTBRIDGE"] = {"BUS": "shop", "SUBJECTS": ["orders.*"]}.',
+            id="cliffracer.E046",
+        )
+        for problem in configuration_problems(cliffracer_settings.EVENTBRIDGE)
+    ]
 
 
 def _setting_errors() -> list[Any]:

@@ -23,7 +23,9 @@ def pack(
     headers: dict[str, str] | None,
     reply: str,
     expires: float | None = None,
+    stored: tuple[int, float] | None = None,
 ) -> str:
+    """The envelope's JSON; ``stored`` is a durable message's (sequence, stored at)."""
     envelope: dict[str, object] = {"s": subject, "d": base64.b64encode(data).decode()}
     if reply:
         envelope["r"] = reply
@@ -31,6 +33,8 @@ def pack(
         envelope["h"] = headers
     if expires is not None:
         envelope["e"] = round(expires, 3)
+    if stored is not None:
+        envelope["n"], envelope["t"] = stored[0], round(stored[1], 6)
     return json.dumps(envelope, separators=(",", ":"), ensure_ascii=False)
 
 
@@ -45,6 +49,13 @@ def unpack(body: str) -> tuple[Received, float | None]:
         str(envelope.get("r", "")),
     )
     return message, envelope.get("e")
+
+
+def unpack_stored(body: str) -> tuple[Received, int, float]:
+    """A durable message, its sequence and when it was stored (0 for a message without)."""
+    message, _ = unpack(body)
+    envelope = json.loads(body)
+    return message, int(envelope.get("n") or 0), float(envelope.get("t") or 0.0)
 
 
 def expired(expires: float | None) -> bool:

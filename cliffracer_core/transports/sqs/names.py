@@ -14,6 +14,11 @@ A queue's name is ``<prefix>-<kind>-<parts>``: the deployment's prefix (letters,
 - ``b``: a subscription without a group, ``<client>__<pattern>``, of one connection;
 - ``r``: the reply queue of a connection, ``<client>``.
 
+Durable streams (``streams.py``) add ``<prefix>-streams.fifo`` (their registry), and per
+stream ``u`` (its unclaimed queue), ``x`` (its dead letters) and per durable consumer ``c``:
+``<prefix>-<kind>-<readable part>__<id>``, the id one of the registry's, new in each life of the
+stream or consumer (SQS refuses a name deleted less than 60 s ago).
+
 A name longer than 80 keeps the start of its parts and ends with a hash of the whole; its kind
 is then upper case (``G``, ``B``) and the group and pattern are in the queue's tags, read once.
 """
@@ -143,6 +148,19 @@ def filter_policy(pattern: str) -> dict[str, Any] | None:
                 return None
             return {"subject": [{"prefix": ".".join(tokens[:index]) + "."}]}
     return {"subject": [pattern]}
+
+
+def registry_name(prefix: str) -> str:
+    """The FIFO queue whose one message is the deployment's stream registry."""
+    return f"{prefix}-streams.fifo"
+
+
+def durable_name(prefix: str, kind: str, identifier: str, *parts: str) -> str:
+    """A durable queue's name: ``kind`` (``u``, ``x``, ``c``), the stream's (and consumer's)
+    names as far as they fit, and the registry's ``identifier`` that makes it unique."""
+    readable = "__".join(encode(part) for part in parts)
+    room = MAX_NAME - len(prefix) - len(kind) - len(identifier) - 4
+    return f"{prefix}-{kind}-{readable[:room]}__{identifier}"
 
 
 def topic_name(prefix: str) -> str:

@@ -28,7 +28,8 @@ the URL. How messages travel (``names.py`` says what things are called):
 - A connection's own queues carry a "last seen" tag it refreshes; a sweep now and then deletes
   those of connections that stopped refreshing (crashed processes) and their subscriptions.
 
-No durable streams yet (``features.durable`` is False): docs/transports.md says what is left.
+Durable streams (``streams.py``, ``consumer.py``): a queue per durable consumer subscribed to
+the topic, an unclaimed and a dead-letter queue per stream, their registry in a FIFO queue.
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ import os
 import random
 import time
 import uuid
+from collections.abc import Awaitable, Callable
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
@@ -51,12 +53,16 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from cliffracer_core.core.errors import NoResponders, RemoteError, RemoteUnavailable, RpcTimeout
 from cliffracer_core.core.log import RateLimitedLog
+from cliffracer_core.core.settings import cliffracer_settings
 from cliffracer_core.transports.base import (
     Callback,
+    ConsumerState,
     Features,
     Pending,
     Received,
     Replies,
+    StreamError,
+    StreamState,
     Transport,
     bad_subject,
     check_subscription,
@@ -64,8 +70,9 @@ from cliffracer_core.transports.base import (
     is_no_responders_status,
     too_large,
 )
-from cliffracer_core.transports.sqs import names
+from cliffracer_core.transports.sqs import names, streams
 from cliffracer_core.transports.sqs import sweep as sweeping
+from cliffracer_core.transports.sqs.consumer import SqsAttachment
 from cliffracer_core.transports.sqs.envelope import MAX_BODY, expired, pack, unpack
 from cliffracer_core.transports.sqs.sweep import SEEN_TAG
 from cliffracer_core.transports.subjects import subject_matches
@@ -103,10 +110,13 @@ class SqsFeatures(Features):
     queue_groups = True
     broadcast = True
     discovery = True
-    # Durable streams on SQS (visibility timeout, redrive, FIFO) are not built yet.
-    durable = False
-    delayed_nak = False
+    # A queue per durable consumer: delete = ack, visibility timeout = nak(delay) and
+    # in_progress, redrive and a dead-letter queue (streams.py, consumer.py).
+    durable = True
+    delayed_nak = True
+    # At the consumer (contrib.durable's idempotency records): standard queues, no FIFO.
     deduplication = False
+    # Queues keep no stream numbering or history (streams.py).
     stream_history = False
 
 
@@ -257,6 +267,12 @@ class SqsTransport(Transport):
         # their last receive (awaited before the clients close).
         self._settling: set[asyncio.Task[None]] = set()
         self._leaving: set[asyncio.Task[None]] = set()
+        # Durable streams: their registry, this connection's attachments, queue URLs by name.
+        self.registry = streams.Registry(self)
+        self.attachments: set[SqsAttachment] = set()
+        self.durable_urls: dict[str, str] = {}
+        self.unavailable = UNAVAILABLE
+        self.failures = self._failures
 
     @classmethod
     def check(cls) -> list[tuple[str, str]]:
@@ -338,6 +354,9 @@ class SqsTransport(Transport):
             if subscription.task is not None:
                 subscription.task.cancel()
         reply, self._reply = self._reply, None
+        for attachment in list(self.attachments):
+            with contextlib.suppress(Exception):
+                await attachment.close()
         # A group's poller ends with the receive under way (within poll_wait), handing back
         # what it takes; the queues of this connection's own are deleted, their pollers cancelled.
         groups = {i.task for i in inlets if i.name.kind == "g" and i.task is not None}
@@ -382,6 +401,33 @@ class SqsTransport(Transport):
             return str(self.sqs.meta.endpoint_url)
         return f"sqs.{self.region}.amazonaws.com" if self.region else ""
 
+    def missing(self, error: BaseException) -> bool:
+        """Whether ``error`` is SQS saying a queue is not there."""
+        return _missing(error)
+
+    def keep_until_closed(self, task: asyncio.Task[None]) -> None:
+        """A poller ending its last receive by itself: close() waits for it."""
+        self._leaving.add(task)
+        task.add_done_callback(self._leaving.discard)
+
+    def topic_policy(self) -> str:
+        """Who may send to a subscribed queue: the deployment's topic (AWS checks it; moto
+        does not)."""
+        return json.dumps(
+            {
+                "Version": "2012-10-17",
+                "Statement": [
+                    {
+                        "Effect": "Allow",
+                        "Principal": {"Service": "sns.amazonaws.com"},
+                        "Action": "sqs:SendMessage",
+                        "Resource": "*",
+                        "Condition": {"ArnEquals": {"aws:SourceArn": self.topic_arn}},
+                    }
+                ],
+            }
+        )
+
     def _usable(self, subject: str = "") -> None:
         if self._closed or self.sqs is None:
             raise RemoteUnavailable(
@@ -401,21 +447,7 @@ class SqsTransport(Transport):
             "ReceiveMessageWaitTimeSeconds": str(self.poll_wait),
         }
         if queue.kind != "r":
-            # Who may send to it: the deployment's topic (AWS checks it; moto does not).
-            attributes["Policy"] = json.dumps(
-                {
-                    "Version": "2012-10-17",
-                    "Statement": [
-                        {
-                            "Effect": "Allow",
-                            "Principal": {"Service": "sns.amazonaws.com"},
-                            "Action": "sqs:SendMessage",
-                            "Resource": "*",
-                            "Condition": {"ArnEquals": {"aws:SourceArn": self.topic_arn}},
-                        }
-                    ],
-                }
-            )
+            attributes["Policy"] = self.topic_policy()
         tags = {**tags, "cliffracer-kind": queue.kind}
         if queue.kind != "g":
             tags[SEEN_TAG] = str(int(time.time()))
@@ -832,6 +864,106 @@ class SqsTransport(Transport):
     async def flush(self, timeout: float = 5.0) -> None:
         """Every call here returns once SQS or SNS has done it: nothing waits to be sent."""
         self._usable()
+
+    # Durable streams (streams.py, consumer.py)
+
+    async def restart_attachments(self, stream: str, name: str | None) -> None:
+        """Attach again the attachments of a consumer (or a stream) deleted under them."""
+        for attachment in list(self.attachments):
+            if attachment.stream == stream and name in (None, attachment.name):
+                await attachment.restart()
+
+    async def _durably(self, subject: str, call: Any) -> Any:
+        """Run a durable operation, in the project's errors when SQS cannot be used."""
+        try:
+            self._usable(subject)
+            async with asyncio.timeout(float(cliffracer_settings.PUBLISH_TIMEOUT) + 20):
+                return await call
+        except TimeoutError as error:
+            raise _unavailable(subject, error) from None
+        except (StreamError, RemoteError):
+            raise
+        except UNAVAILABLE as error:
+            raise _unavailable(subject, error) from None
+        finally:
+            call.close()  # (a coroutine not awaited, when the connection was closed)
+
+    async def ensure_stream(self, stream: Any) -> str:
+        return await self._durably("", streams.ensure_stream(self, stream))
+
+    async def compare_stream(self, stream: Any) -> list[str] | None:
+        return await self._durably("", streams.compare_stream(self, stream))
+
+    async def stream_state(self, name: str) -> StreamState | None:
+        return await self._durably("", streams.stream_state(self, name))
+
+    async def delete_stream(self, name: str) -> bool:
+        return await self._durably("", streams.delete_stream(self, name))
+
+    async def publish_durable(
+        self,
+        subject: str,
+        data: bytes,
+        *,
+        headers: dict[str, str] | None = None,
+        msg_id: str,
+        timeout: float = 5.0,
+    ) -> int:
+        self._usable(subject)
+        if not subject or any(character.isspace() for character in subject):
+            raise bad_subject(subject)
+        try:
+            async with asyncio.timeout(timeout):
+                return await streams.publish_durable(
+                    self, subject, data, headers=clean_headers(headers), msg_id=msg_id
+                )
+        except TimeoutError:
+            raise RpcTimeout(
+                f"The stream did not confirm the event on {subject} within {timeout:g}s.",
+                type="timeout",
+                subject=subject,
+            ) from None
+        except (StreamError, RemoteError):
+            raise
+        except UNAVAILABLE as error:
+            raise _unavailable(subject, error) from None
+
+    async def stored_message(self, stream: str, sequence: int) -> None:
+        """None: SQS keeps no stream history to read by sequence (features.stream_history)."""
+        return None
+
+    async def consume(
+        self,
+        stream: str,
+        name: str,
+        callback: Callable[[Any], Awaitable[None]],
+        *,
+        filter_subject: str,
+        ack_wait: float,
+        max_in_flight: int,
+        description: str = "",
+    ) -> SqsAttachment:
+        attachment = SqsAttachment(
+            self,
+            stream,
+            name,
+            callback,
+            filter_subject=filter_subject,
+            ack_wait=ack_wait,
+            max_in_flight=max_in_flight,
+        )
+        await self._durably("", attachment.start())
+        self.attachments.add(attachment)
+        return attachment
+
+    async def consumer_state(self, stream: str, name: str) -> ConsumerState | None:
+        return await self._durably("", streams.consumer_state(self, stream, name))
+
+    async def consumers(self, stream: str) -> list[ConsumerState]:
+        return await self._durably("", streams.consumers(self, stream))
+
+    async def delete_consumer(self, stream: str, name: str) -> bool:
+        return await self._durably("", streams.delete_consumer(self, stream, name))
 
 
 def _copy(message: Received) -> Received:
