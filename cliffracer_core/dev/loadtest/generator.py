@@ -79,6 +79,17 @@ class Generator:
             for target in plan.targets
             if target.kind == "http"
         }
+        # Each RPC target's requests, their fixed headers encoded once where the transport can
+        # (NATS): per request only the correlation id is added.
+        self.requests = {
+            target.name: transport.prepare_request(
+                target.subject,
+                headers=self.anonymous_headers if target.public else self.headers,
+                timeout=plan.timeout,
+            )
+            for target in plan.targets
+            if target.kind == "rpc"
+        }
         self.loop = asyncio.get_running_loop()
         self.start = 0.0
         # --until-handled: the planned times of the events published (handled.py reads them).
@@ -176,34 +187,35 @@ class Generator:
 
     async def send(self, target: Target, planned: float) -> None:
         self.recorder.sending(self.loop.time() - self.start - planned)
-        headers = (self.anonymous_headers if target.public else self.headers).copy()
-        headers[CORRELATION_ID] = new_correlation_id()
+        correlation_id = new_correlation_id()
         invalid = self.plan.invalid_share > 0 and self.plan.takes_invalid(target)
         if invalid:
             body = INVALID_BODY
         else:
             body = target.body if target.payload is None else target.payload.make()
         try:
-            if target.kind == "http":
-                outcome = await self.send_http(target, headers, body)
-            elif target.kind == "event":
-                if self.correlations is not None:
-                    # Before the publish: its frame may come back before the publish returns.
-                    self.correlations[headers[CORRELATION_ID]] = planned
-                await publish_message(self.transport, target.subject, body, headers)
-                outcome = OK
-                if self.published is not None:
-                    self.published.append(planned)
-            else:
-                message = await self.transport.request(
-                    target.subject, body, headers=headers, timeout=self.plan.timeout
-                )
+            if target.kind == "rpc":
+                message = await self.requests[target.name](body, {CORRELATION_ID: correlation_id})
                 reply_headers = message.headers
                 outcome = (
                     error_outcome(reply_headers, message.data)
                     if reply_headers and ERROR_CODE in reply_headers
                     else OK
                 )
+            elif target.kind == "http":
+                headers = self.anonymous_headers if target.public else self.headers
+                headers = {**headers, CORRELATION_ID: correlation_id}
+                outcome = await self.send_http(target, headers, body)
+            else:
+                headers = self.anonymous_headers if target.public else self.headers
+                headers = {**headers, CORRELATION_ID: correlation_id}
+                if self.correlations is not None:
+                    # Before the publish: its frame may come back before the publish returns.
+                    self.correlations[correlation_id] = planned
+                await publish_message(self.transport, target.subject, body, headers)
+                outcome = OK
+                if self.published is not None:
+                    self.published.append(planned)
         except RemoteError as error:
             outcome = f"{error.code} {error.type}"
         except TimeoutError:
