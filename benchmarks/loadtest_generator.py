@@ -14,7 +14,10 @@ a responder can: raw nats-py answering ``rpc.bench.echo`` (and ``$SRV.INFO.bench
 * B: ``manage.py loadtest bench.echo -c <concurrency> --warmup ... --json``, the closed model
   with the same number of users, its rate as it reports it;
 * C: ``manage.py loadtest bench.echo --rate <A's rate>``, the open model asked for what the bare
-  loop achieved: the rate it reached, its p99 and how late it sent.
+  loop achieved: the rate it reached, its p99 and how late it sent;
+* D: B against ``bench.echo_public``, the same responder declared public in ``$SRV.INFO``, so
+  loadtest sends no access token (only the correlation id and the deadline): what the ~1 KB
+  ``Authorization`` header of B costs the generator, nats-server and the responder.
 
 It prints each row's rate and the CPU seconds each process used (generator, responder,
 nats-server), so the busiest process, the bottleneck, shows; and the ratio B/A with its bar
@@ -39,6 +42,7 @@ if str(ROOT) not in sys.path:
 from benchmarks import harness  # noqa: E402
 
 SUBJECT = "rpc.bench.echo"
+PUBLIC_SUBJECT = "rpc.bench.echo_public"
 BODY = {"id": 1, "name": "widget-42", "values": [1.5, 2.25, 0.5]}
 RATE_BAR = 0.90  # loadtest's closed model / the bare loop, requests per second
 
@@ -53,7 +57,15 @@ async def respond(url: str) -> None:
         "name": "bench",
         "id": "bench-raw",
         "version": "0.0.0",
-        "endpoints": [{"name": "echo", "subject": SUBJECT, "queue_group": "q", "metadata": {}}],
+        "endpoints": [
+            {"name": "echo", "subject": SUBJECT, "queue_group": "q", "metadata": {}},
+            {
+                "name": "echo_public",
+                "subject": PUBLIC_SUBJECT,
+                "queue_group": "q",
+                "metadata": {"public": "true"},
+            },
+        ],
         "metadata": {},
     }
 
@@ -65,6 +77,7 @@ async def respond(url: str) -> None:
         await message.respond(json.dumps(info).encode())
 
     await connection.subscribe(SUBJECT, queue="q", cb=on_request)
+    await connection.subscribe(PUBLIC_SUBJECT, queue="q", cb=on_request)
     await connection.subscribe("$SRV.INFO.bench", cb=on_info)
     await connection.flush()
     harness.announce_ready()
@@ -127,10 +140,13 @@ def finish_row(
 
 
 def loadtest_row(
-    children: harness.Children, watched: dict[str, list[int]], *options: str
+    children: harness.Children,
+    watched: dict[str, list[int]],
+    *options: str,
+    endpoint: str = "bench.echo",
 ) -> tuple[dict[str, Any], dict[str, float | None]]:
     """Run ``manage.py loadtest`` to its end; its JSON and the CPU each process used."""
-    command = [sys.executable, "manage.py", "loadtest", "bench.echo", "--json"]
+    command = [sys.executable, "manage.py", "loadtest", endpoint, "--json"]
     command += ["--body", json.dumps(BODY), *options]
     child = children.start("loadtest", command)
     output, cpu = finish_row(children, child, watched)
@@ -168,6 +184,7 @@ def orchestrate(args: Any) -> int:
     )
     server = NatsServer(jetstream=False, start_new_session=True)
     ratios: list[float] = []
+    public_ratios: list[float] = []
     with tempfile.TemporaryDirectory(prefix="cliffracer-bench-") as directory:
         environment = harness.environment(
             NATS_URL=server.url, DJANGO_SETTINGS_MODULE="settings.settings"
@@ -215,6 +232,20 @@ def orchestrate(args: Any) -> int:
                     flush=True,
                 )
                 ratios.append(rates["closed"] / rates["bare"])
+                users = ["-c", str(args.concurrency)]
+                result, cpu = loadtest_row(
+                    children, watched, *users, *window, endpoint="bench.echo_public"
+                )
+                cpu["generator"] = result["generator_cpu_seconds"]
+                print(
+                    f"{harness.repeat_prefix(repeat, args.repeats)}"
+                    f"{'D closed, public: no token':<31} "
+                    f"{result['achieved_rate']:>9,.0f} "
+                    f"{result['latency']['p99'] * 1000:>7.2f}ms "
+                    f"{result['max_send_lag'] * 1000:>6.1f}ms   {cpu_text(cpu)}",
+                    flush=True,
+                )
+                public_ratios.append(result["achieved_rate"] / rates["bare"])
 
         status = harness.supervise(measure, children, server)
         if status:
@@ -226,6 +257,14 @@ def orchestrate(args: Any) -> int:
             sum(ratios) / len(ratios),
             RATE_BAR,
             per_repeat=ratios,
+        )
+    )
+    print(
+        harness.ratio_line(
+            "loadtest closed model, no token (D) / bare loop, req/s:",
+            sum(public_ratios) / len(public_ratios),
+            None,
+            per_repeat=public_ratios,
         )
     )
     return 0

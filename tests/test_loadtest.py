@@ -427,6 +427,85 @@ def test_a_scenario_file_sets_targets_stages_and_thresholds(tmp_path):
     assert built.planned_requests() == pytest.approx(125 + 50)
 
 
+def command_settings(*arguments: str) -> Settings:
+    """The settings ``manage.py loadtest ARGUMENTS`` runs with: its parser, then its layers."""
+    from cliffracer_core.management.commands.loadtest import Command
+
+    command = Command()
+    options = vars(command.create_parser("manage.py", "loadtest").parse_args(arguments))
+    return command.settings(options)
+
+
+EVENTS_SCENARIO = """
+rate = 5
+duration = "1s"
+until_handled = true
+websocket = "ws://127.0.0.1:8000/ws/events/"
+clients = 4
+[[targets]]
+event = "orders.viewed"
+body = {}
+"""
+
+
+def test_a_scenario_sets_until_handled_websocket_and_clients(tmp_path):
+    path = tmp_path / "events.toml"
+    path.write_text(EVENTS_SCENARIO)
+    settings = command_settings("--scenario", str(path))
+    assert settings.until_handled is True
+    assert (settings.websocket, settings.clients) == ("ws://127.0.0.1:8000/ws/events/", 4)
+
+
+def test_the_command_line_overrides_the_scenarios_websocket_and_clients(tmp_path):
+    path = tmp_path / "events.toml"
+    path.write_text(EVENTS_SCENARIO)
+    settings = command_settings(
+        "--scenario", str(path), "--websocket", "ws://other:9000/ws/events/", "--clients", "2"
+    )
+    assert (settings.websocket, settings.clients) == ("ws://other:9000/ws/events/", 2)
+    # Options not given leave the scenario's: --clients defaults to nothing, not to 1.
+    settings = command_settings("--scenario", str(path), "--websocket", "ws://other/ws/events/")
+    assert (settings.websocket, settings.clients, settings.until_handled) == (
+        "ws://other/ws/events/",
+        4,
+        True,
+    )
+
+
+def test_without_a_scenario_the_options_alone_set_them():
+    plain = command_settings("--event", "a.b", "--body", "{}")
+    assert (plain.until_handled, plain.websocket, plain.clients) == (False, None, None)
+    given = command_settings("--event", "a.b", "--body", "{}", "--until-handled", "--clients", "3")
+    assert (given.until_handled, given.clients) == (True, 3)
+
+
+def test_a_preset_leaves_them_unset_and_a_scenario_over_it_sets_them(tmp_path):
+    path = tmp_path / "events.toml"
+    path.write_text(EVENTS_SCENARIO)
+    settings = command_settings("--preset", "smoke", "--scenario", str(path))
+    assert (settings.until_handled, settings.clients, settings.fail_on) == (True, 4, "errors<1%")
+
+
+@pytest.mark.parametrize(
+    ("line", "message"),
+    [
+        ("until_handled = 'yes'", "until_handled is true or false, not 'yes'"),
+        ("until_handled = 1", "until_handled is true or false, not 1"),
+        ("websocket = 8000", "websocket must be a ws:// or wss:// URL, not 8000"),
+        ("websocket = 'http://x/'", "websocket must be a ws:// or wss:// URL, not 'http://x/'"),
+        ("clients = 2.5", "clients must be a whole number, not 2.5"),
+        ("clients = true", "clients must be a whole number, not True"),
+        ("clients = 0", "clients must be between 1 and 10,000"),
+    ],
+)
+def test_wrong_types_for_the_event_keys_are_refused(tmp_path, line, message):
+    path = tmp_path / "bad.toml"
+    path.write_text(f"rate = 5\n{line}\n")
+    with pytest.raises(ScenarioError, match=re.escape(message)) as raised:
+        scenario_layer(path)
+    assert str(raised.value).startswith(f"{path}: ")
+
+
 def test_an_unknown_preset_names_the_presets():
     with pytest.raises(
         ScenarioError,

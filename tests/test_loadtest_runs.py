@@ -400,6 +400,9 @@ def test_a_preset_scaled_down_keeps_its_shape_and_thresholds(testservice):
         ("users = 3\n[[stages]]\nduration = '1s'\ntarget = 3", "with [[stages]], give model"),
         ("rate = 5\nduration = 'long'", "duration: 'long' is not a duration"),
         ("rate = 5\nduration = '1s'", "name what to load"),
+        ("rate = 5\nuntil_handled = 'yes'", "until_handled is true or false"),
+        ("rate = 5\nclients = 'many'", "clients must be a whole number"),
+        ("rate = 5\nwebsocket = 'http://x/'", "websocket must be a ws:// or wss:// URL"),
     ],
 )
 def test_an_invalid_scenario_is_one_line_and_exit_code_2(tmp_path, scenario, message):
@@ -602,6 +605,23 @@ def test_events_not_handled_within_the_timeout_fail_the_run(workers):
     assert "3 of 3 events were not handled within 500 ms of the last publish" in result.stderr
 
 
+def test_a_scenarios_until_handled_waits_for_every_handler(workers, tmp_path):
+    name, worked, audited = workers
+    path = tmp_path / "handled.toml"
+    path.write_text(
+        f"rate = 40\nduration = '1s'\nuntil_handled = true\n"
+        f"[[targets]]\nevent = '{name}.work'\nbody = {{ seconds = 0.02 }}\n"
+    )
+    result = loadtest("--scenario", str(path), "--json")
+    assert result.returncode == 0, result.stderr
+    summary = figures(result)
+    handled = summary["handled"]
+    assert handled["published"] == handled["handled"] == summary["ok"] == 40
+    assert handled["all_handled"] is True
+    assert len(worked) == 40 and len(audited) == 80
+    assert handled["latency"]["min"] >= 0.02
+
+
 def test_until_handled_needs_events_that_something_handles(testservice, nats_server):
     nobody = loadtest("--event", "loadtest.unheard", "--body", "{}", "-n", "1", "--until-handled")
     assert nobody.returncode == 2
@@ -712,6 +732,31 @@ def test_websocket_clients_get_every_event_and_their_delivery_is_measured(
     assert frames["foreign_frames"] == 0
     assert sum(row["frames"] for row in frames["timeline"]) == 60
     assert frames["latency"]["max"] is not None
+
+
+def test_a_scenarios_websocket_clients_get_every_event(
+    websocket_url, nats_server, unique_name, tmp_path
+):
+    subject = f"ws.public.{unique_name}"
+    path = tmp_path / "frames.toml"
+    path.write_text(
+        f"rate = 20\nduration = '1s'\nwebsocket = '{websocket_url}'\nclients = 3\n"
+        f"[[targets]]\nevent = '{subject}'\nbody = {{ n = 1 }}\n"
+    )
+    result = subprocess.run(
+        loadtest_command("--scenario", str(path), "--user", "loadtester", "--json"),
+        cwd=project_root(),
+        env=child_environment(nats_server, {}),
+        capture_output=True,
+        text=True,
+        timeout=90,
+    )
+    assert result.returncode == 0, result.stderr
+    summary = figures(result)
+    frames = summary["websocket"]
+    assert (frames["clients"], summary["ok"], frames["events"]) == (3, 20, 20)
+    assert frames["delivered"] == frames["expected"] == 60
+    assert frames["all_delivered"] is True
 
 
 def test_websocket_clients_that_cannot_subscribe_end_the_run_in_one_line(

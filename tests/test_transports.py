@@ -306,6 +306,47 @@ def test_a_request_nobody_listens_to_fails_with_no_responders(
     run(main())
 
 
+def test_a_prepared_request_carries_its_fixed_and_its_own_headers(
+    transport: Transport, connect: Callable[..., Any], run: Callable[..., Any], prefix: str
+) -> None:
+    """prepare_request (the load generator's path): the same replies, headers and errors as
+    request(), on every backend."""
+
+    async def main() -> None:
+        responder = await connect()
+
+        async def respond(message: Any) -> None:
+            headers = message.headers
+            await responder.publish(
+                message.reply,
+                message.data.upper(),
+                headers={"Seen": f"{headers['Asked-By']} {headers['Call']} {headers['Kept']}"},
+            )
+
+        await responder.subscribe(f"{prefix}.echo", respond, queue="echo")
+        await responder.flush()
+        fixed = {"Asked-By": "tester", "Kept": " line\nbreak "}
+        prepared = transport.prepare_request(f"{prefix}.echo", headers=fixed, timeout=5)
+        replies = await asyncio.gather(
+            *(prepared(f"hello {number}".encode(), {"Call": str(number)}) for number in range(20))
+        )
+        assert [reply.data for reply in replies] == [f"HELLO {n}".encode() for n in range(20)]
+        assert [reply.headers for reply in replies] == [
+            {"Seen": f"tester {n} line break"} for n in range(20)
+        ]
+        assert fixed == {"Asked-By": "tester", "Kept": " line\nbreak "}  # left as it was
+        nobody = transport.prepare_request(f"{prefix}.nobody", headers={}, timeout=30)
+        with pytest.raises(NoResponders):
+            await nobody(b"", {"Call": "1"})
+        await collect(transport, f"{prefix}.silent")  # listens, never answers
+        silent = transport.prepare_request(f"{prefix}.silent", headers={}, timeout=0.3)
+        with pytest.raises(RpcTimeout) as raised:
+            await silent(b"", {"Call": "1"})
+        assert (raised.value.code, raised.value.type) == (408, "timeout")
+
+    run(main())
+
+
 def test_a_queue_group_shares_messages_among_its_members(
     transport: Transport, connect: Callable[..., Any], run: Callable[..., Any], prefix: str
 ) -> None:

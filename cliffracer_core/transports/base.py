@@ -259,6 +259,16 @@ class Transport:
         ``RpcTimeout`` when no reply comes in time."""
         raise NotImplementedError("subclasses of Transport must provide a request() method")
 
+    def prepare_request(
+        self, subject: str, *, headers: dict[str, str], timeout: float
+    ) -> PreparedRequest:
+        """Requests to ``subject`` that all carry ``headers`` and wait ``timeout``: await the
+        result with each request's body and the headers that differ per request (its
+        correlation id). For callers that send one request many times (``manage.py
+        loadtest``): a backend may encode the fixed part once (NATS does); by default each
+        call is a ``request()``."""
+        return PreparedRequest(self, subject, headers=headers, timeout=timeout)
+
     async def request_many(
         self,
         subject: str,
@@ -390,6 +400,24 @@ class Transport:
 MAX_PAYLOAD = 1024 * 1024
 PENDING_MESSAGES = 512 * 1024
 PENDING_BYTES = 128 * 1024 * 1024
+
+
+class PreparedRequest:
+    """A request to one subject with fixed headers (``Transport.prepare_request``); this one
+    sends each through ``request()``, the fixed headers merged with the call's own."""
+
+    def __init__(
+        self, transport: Transport, subject: str, *, headers: dict[str, str], timeout: float
+    ) -> None:
+        self.transport = transport
+        self.subject = subject
+        self.headers = dict(headers)
+        self.timeout = timeout
+
+    async def __call__(self, data: bytes, headers: dict[str, str]) -> Message:
+        return await self.transport.request(
+            self.subject, data, headers={**self.headers, **headers}, timeout=self.timeout
+        )
 
 
 class Pending:

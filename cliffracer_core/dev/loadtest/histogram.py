@@ -38,13 +38,20 @@ class Histogram:
         self.maximum = 0
 
     def record(self, seconds: float) -> None:
-        value = max(0, round(seconds * 1_000_000))
-        bucket = bucket_of(value)
-        self.buckets[bucket] = self.buckets.get(bucket, 0) + 1
+        # Once per answer: bucket_of inlined, and comparisons instead of min() and max().
+        value = round(seconds * 1_000_000)
+        if value < 0:
+            value = 0
+        shift = value.bit_length() - SIGNIFICANT_BITS
+        bucket = (shift << SIGNIFICANT_BITS) | (value >> shift) if shift > 0 else value
+        buckets = self.buckets
+        buckets[bucket] = buckets.get(bucket, 0) + 1
         self.count += 1
         self.total += value
-        self.maximum = max(self.maximum, value)
-        self.minimum = value if self.minimum is None else min(self.minimum, value)
+        if value > self.maximum:
+            self.maximum = value
+        if self.minimum is None or value < self.minimum:
+            self.minimum = value
 
     def merge(self, other: Histogram) -> None:
         for bucket, count in other.buckets.items():

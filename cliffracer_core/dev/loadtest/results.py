@@ -111,6 +111,9 @@ class Recorder:
         self.started_at = datetime.now(UTC)
         self.warmup_tally = Tally()
         self.tallies: dict[tuple[int, str], Tally] = {}
+        # The tally the last answer went to: the next one is nearly always for the same
+        # second and target, so the hot path skips building and hashing a key.
+        self.last: tuple[int, str, Tally] = (-1, "", Tally())
         self.sent = 0
         self.errors = 0  # measured ones, for the live line
         self.in_flight = 0
@@ -135,10 +138,14 @@ class Recorder:
             return
         if outcome != OK:
             self.errors += 1
-        key = (int(answered), target)
-        tally = self.tallies.get(key)
-        if tally is None:
-            tally = self.tallies[key] = Tally()
+        second = int(answered)
+        last_second, last_target, tally = self.last
+        if second != last_second or target != last_target:
+            key = (second, target)
+            tally = self.tallies.get(key)
+            if tally is None:
+                tally = self.tallies[key] = Tally()
+            self.last = (second, target, tally)
         tally.add(outcome, answered - planned)
 
     def to_json(self) -> dict[str, Any]:

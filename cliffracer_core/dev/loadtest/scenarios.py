@@ -18,6 +18,7 @@ from cliffracer_core.dev.loadtest.plan import CLOSED, OPEN, LoadPlan, Stage
 from cliffracer_core.dev.loadtest.results import UNBOUNDED
 from cliffracer_core.dev.loadtest.targets import TargetSpec
 from cliffracer_core.dev.loadtest.units import parse_duration
+from cliffracer_core.dev.loadtest.websocket import MAX_CLIENTS
 
 DEFAULT_USERS = 10.0
 DEFAULT_DURATION = 10.0
@@ -109,6 +110,10 @@ class Settings:
     name: str = ""
     targets: list[TargetSpec] = field(default_factory=list)
     base: Path | None = None  # a scenario file's folder: body files are relative to it
+    until_handled: bool = False  # events: measure to the handlers' completion too
+    websocket: str | None = None  # events: clients on this /ws/events/ URL measure delivery
+    # None: not set by any layer (1 client with a websocket; a mistake without one).
+    clients: int | None = None
 
     def apply(self, layer: dict[str, Any]) -> None:
         """Override with what ``layer`` sets (the keys of ``Settings``, and ``level``,
@@ -117,7 +122,8 @@ class Settings:
         for key in ("model", "start", "shape", "warmup", "timeout", "think", "requests"):
             if key in layer:
                 setattr(self, key, layer[key])
-        for key in ("fail_on", "seed", "name", "targets", "base", "peak", "invalid"):
+        for key in ("fail_on", "seed", "name", "targets", "base", "peak", "invalid",
+                    "until_handled", "websocket", "clients"):  # fmt: skip
             if key in layer:
                 setattr(self, key, layer[key])
         if "level" in layer:
@@ -199,6 +205,7 @@ def preset_layer(name: str) -> dict[str, Any]:
 SCENARIO_KEYS = {
     "name", "model", "rate", "users", "duration", "ramp", "start", "stages", "warmup",
     "timeout", "think", "requests", "fail_on", "seed", "targets", "invalid",
+    "until_handled", "websocket", "clients",
 }  # fmt: skip
 STAGE_KEYS = {"duration", "target"}
 TARGET_KEYS = {"rpc", "event", "http", "method", "weight", "body", "body_file", "body_size"}
@@ -248,6 +255,7 @@ def _scenario(values: dict[str, Any], *, base: Path, default_name: str) -> dict[
         layer["seed"] = int(_number(values["seed"], "seed"))
     if "invalid" in values:
         layer["invalid"] = _number(values["invalid"], "invalid", zero=True)
+    layer.update(_events(values))
     if "stages" in values:
         if "duration" in values or "ramp" in values:
             raise ScenarioError("give stages, or duration (and ramp), not both.")
@@ -261,6 +269,29 @@ def _scenario(values: dict[str, Any], *, base: Path, default_name: str) -> dict[
         layer["targets"] = [
             _target(target, index) for index, target in enumerate(values["targets"], 1)
         ]
+    return layer
+
+
+def _events(values: dict[str, Any]) -> dict[str, Any]:
+    """until_handled, websocket and clients: what the command line's --until-handled,
+    --websocket and --clients set, checked as they are."""
+    layer: dict[str, Any] = {}
+    if "until_handled" in values:
+        if not isinstance(values["until_handled"], bool):
+            raise ScenarioError(f"until_handled is true or false, not {values['until_handled']!r}.")
+        layer["until_handled"] = values["until_handled"]
+    if "websocket" in values:
+        url = values["websocket"]
+        if not isinstance(url, str) or not url.startswith(("ws://", "wss://")):
+            raise ScenarioError(f"websocket must be a ws:// or wss:// URL, not {url!r}.")
+        layer["websocket"] = url
+    if "clients" in values:
+        clients = values["clients"]
+        if isinstance(clients, bool) or not isinstance(clients, int):
+            raise ScenarioError(f"clients must be a whole number, not {clients!r}.")
+        if not 1 <= clients <= MAX_CLIENTS:
+            raise ScenarioError(f"clients must be between 1 and {MAX_CLIENTS:,}.")
+        layer["clients"] = clients
     return layer
 
 

@@ -177,7 +177,6 @@ class Command(BaseCommand):
         parser.add_argument(
             "--clients",
             type=int,
-            default=1,
             help="How many WebSocket clients --websocket opens (1).",
         )
         parser.add_argument(
@@ -297,9 +296,9 @@ class Command(BaseCommand):
         quiet_connection_logs(options["verbosity"])
         use_running_system(options["nats_url"], self.stderr)
         share = self.share(options)
-        if options["until_handled"] and options["processes"] > 1:
+        if settings.until_handled and options["processes"] > 1:
             raise usage("--until-handled counts what one process publishes: no --processes.")
-        websocket = self.websocket(options, given)
+        websocket = self.websocket(settings, options["processes"], given)
         arguments = dict(
             url=nats_url(options["nats_url"]),
             specs=settings.targets,
@@ -310,7 +309,7 @@ class Command(BaseCommand):
             base=settings.base,
             baseline=baseline,
             tolerance=options["tolerance"] / 100,
-            until_handled=options["until_handled"],
+            until_handled=settings.until_handled,
             websocket=websocket,
         )
         if share is not None:
@@ -397,6 +396,10 @@ class Command(BaseCommand):
             "warmup": duration_option("--warmup", options["warmup"]),
             "timeout": duration_option("--timeout", options["timeout"]),
             "think": duration_option("--think", options["think"]),
+            # None when not given, so a scenario's until_handled, websocket, clients stand.
+            "until_handled": True if options["until_handled"] else None,
+            "websocket": options["websocket"],
+            "clients": options["clients"],
         }
         if options["rate"] is not None:
             layer.update(model=OPEN, level=options["rate"])
@@ -550,24 +553,26 @@ class Command(BaseCommand):
             await connection.close()
 
     def websocket(
-        self, options: dict[str, Any], given: dict[str, str]
+        self, settings: Settings, processes: int, given: dict[str, str]
     ) -> tuple[str, int, str] | None:
-        """--websocket: the URL, the number of clients and the token they sign in with."""
-        if options["websocket"] is None:
-            if options["clients"] != 1:
+        """--websocket (or a scenario's websocket): the URL, the number of clients and the
+        token they sign in with."""
+        if settings.websocket is None:
+            if settings.clients is not None:
                 raise usage("--clients goes with --websocket URL.")
             return None
-        if not 1 <= options["clients"] <= MAX_CLIENTS:
+        clients = 1 if settings.clients is None else settings.clients
+        if not 1 <= clients <= MAX_CLIENTS:
             raise usage(f"--clients must be between 1 and {MAX_CLIENTS:,}.")
-        if options["processes"] > 1:
+        if processes > 1:
             raise usage("--websocket matches the frames of one process's events: no --processes.")
-        if not options["websocket"].startswith(("ws://", "wss://")):
-            raise usage(f"--websocket {options['websocket']!r} is not a ws:// or wss:// URL.")
+        if not settings.websocket.startswith(("ws://", "wss://")):
+            raise usage(f"--websocket {settings.websocket!r} is not a ws:// or wss:// URL.")
         bearer = given.get(AUTHORIZATION, "")
         if not bearer.startswith("Bearer "):
             raise usage("--websocket: the clients sign in; give --user NAME (or a Bearer token "
                         "in --header Authorization=...).")  # fmt: skip
-        return options["websocket"], options["clients"], bearer.removeprefix("Bearer ")
+        return settings.websocket, clients, bearer.removeprefix("Bearer ")
 
     async def listeners(self, plan: LoadPlan, websocket: tuple[str, int, str]) -> Listeners:
         """--websocket: the clients, open, signed in and subscribed before the run starts."""

@@ -36,6 +36,7 @@ from cliffracer_core.transports.base import (
     ConsumerState,
     Delivery,
     Features,
+    PreparedRequest,
     StreamState,
     Subscription,
     Transport,
@@ -300,6 +301,16 @@ class NatsTransport(Transport):
             raise bad_subject(subject) from None
         except UNAVAILABLE as error:
             raise _unavailable(subject, error) from None
+
+    def prepare_request(
+        self, subject: str, *, headers: dict[str, str], timeout: float
+    ) -> PreparedRequest:
+        """The fixed headers encoded once (``nats/prepared.py``), where nats-py allows."""
+        from cliffracer_core.transports.nats import prepared
+
+        if not prepared.usable(self.client, subject, headers):
+            return super().prepare_request(subject, headers=headers, timeout=timeout)
+        return prepared.PreparedNatsRequest(self, subject, headers=headers, timeout=timeout)
 
     async def request_many(
         self,
