@@ -22,7 +22,6 @@
 from __future__ import annotations
 
 import contextlib
-import random
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -32,8 +31,9 @@ import aiormq.exceptions
 from cliffracer_core.core.errors import RemoteError, RemoteUnavailable
 from cliffracer_core.core.headers import MSG_ID
 from cliffracer_core.core.streams import Stream, stream_config
-from cliffracer_core.transports.base import ConsumerState, NoStream, StreamError, StreamState
-from cliffracer_core.transports.subjects import overlaps, subject_matches
+from cliffracer_core.transports.base import ConsumerState, NoStream, StreamState
+from cliffracer_core.transports.emulated import check_declaration, new_incarnation, new_sequence
+from cliffracer_core.transports.subjects import subject_matches
 
 if TYPE_CHECKING:
     from cliffracer_core.transports.amqp.transport import AmqpTransport
@@ -47,17 +47,6 @@ DELIVERED = "x-cliffracer-delivered"
 # The broker's safety net for a message whose consumer's process dies on each delivery
 # (``contrib.durable`` records a dead letter well before, at its ``max_deliveries``).
 DELIVERY_LIMIT = 100
-
-_last_sequence = 0
-
-
-def new_sequence() -> int:
-    """A message's number: microseconds since the epoch times 1024 plus random bits, increasing
-    in this process (it fits a signed 64-bit integer until the year 2250)."""
-    global _last_sequence
-    sequence = time.time_ns() // 1000 * 1024 + random.randrange(1024)  # noqa: S311
-    _last_sequence = max(sequence, _last_sequence + 1)
-    return _last_sequence
 
 
 def exchange_name(transport: AmqpTransport, stream: str) -> str:
@@ -92,45 +81,19 @@ def limits(config: dict[str, Any]) -> dict[str, Any]:
     return arguments
 
 
-def refused(stream: Stream, reason: str) -> StreamError:
-    return StreamError(
-        f"Stream {stream.name} (declared in {stream.declared_by}): the server refused it: {reason}."
-    )
-
-
 async def ensure_stream(transport: AmqpTransport, stream: Stream) -> str:
     wanted = stream_config(stream)
-    if wanted["num_replicas"] > 1:
-        raise refused(stream, "replicas > 1 not supported in non-clustered mode")
-    if wanted["max_age"] and wanted["duplicate_window"] > wanted["max_age"]:
-        raise refused(stream, "duplicates window can not be larger then max age")
     async with transport.registry.change() as streams:
-        for name, other in streams.items():
-            if name != stream.name and any(
-                overlaps(mine, theirs)
-                for mine in wanted["subjects"]
-                for theirs in other["config"]["subjects"]
-            ):
-                raise refused(stream, "subjects overlap with an existing stream")
-        old = streams.get(stream.name)
-        if old is not None:
-            if old["config"] == wanted:
-                return "unchanged"
-            if old["config"]["storage"] != wanted["storage"]:
-                raise refused(stream, "stream configuration update can not change storage type")
-            if old["config"]["retention"] != wanted["retention"] and "workqueue" in (
-                old["config"]["retention"],
-                wanted["retention"],
-            ):
-                raise refused(
-                    stream,
-                    "stream configuration update can not change retention policy to/from workqueue",
-                )
+        old = check_declaration(streams, stream, wanted)
+        if old is not None and old["config"] == wanted:
+            return "unchanged"
         await declare_stream(transport, stream.name, wanted, old)
         if old is None:
-            incarnation = time.strftime("%Y%m%dT%H%M%S", time.gmtime())
-            incarnation += f".{time.time_ns() // 1000 % 1000000:06d}Z"
-            streams[stream.name] = {"config": wanted, "incarnation": incarnation, "consumers": {}}
+            streams[stream.name] = {
+                "config": wanted,
+                "incarnation": new_incarnation(),
+                "consumers": {},
+            }
             return "created"
         old["config"] = wanted
         return "updated"

@@ -32,7 +32,6 @@ import asyncio
 import contextlib
 import json
 import math
-import random
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -44,9 +43,10 @@ from cliffracer_core.core.errors import RemoteUnavailable
 from cliffracer_core.core.headers import MSG_ID
 from cliffracer_core.core.streams import Stream, stream_config
 from cliffracer_core.transports.base import ConsumerState, NoStream, StreamError, StreamState
+from cliffracer_core.transports.emulated import check_declaration, new_incarnation, new_sequence
 from cliffracer_core.transports.sqs import names
 from cliffracer_core.transports.sqs.envelope import MAX_BODY, pack
-from cliffracer_core.transports.subjects import overlaps, subject_matches
+from cliffracer_core.transports.subjects import subject_matches
 
 if TYPE_CHECKING:
     from cliffracer_core.transports.sqs.transport import SqsTransport
@@ -66,17 +66,6 @@ MIN_RETENTION, MAX_RETENTION = 60, 1209600
 # on each delivery (``contrib.durable`` records a dead letter well before, at its
 # ``max_deliveries``).
 DELIVERY_LIMIT = 100
-
-_last_sequence = 0
-
-
-def new_sequence() -> int:
-    """A message's number: microseconds since the epoch times 1024 plus random bits, increasing
-    in this process (as the RabbitMQ transport's: neither broker numbers a stream)."""
-    global _last_sequence
-    sequence = time.time_ns() // 1000 * 1024 + random.randrange(1024)  # noqa: S311
-    _last_sequence = max(sequence, _last_sequence + 1)
-    return _last_sequence
 
 
 def new_id() -> str:
@@ -288,46 +277,22 @@ async def count(transport: SqsTransport, name: str) -> tuple[int, int]:
 # Streams
 
 
-def refused(stream: Stream, reason: str) -> StreamError:
-    return StreamError(
-        f"Stream {stream.name} (declared in {stream.declared_by}): the server refused it: {reason}."
-    )
-
-
 async def ensure_stream(transport: SqsTransport, stream: Stream) -> str:
     wanted = stream_config(stream)
-    if wanted["num_replicas"] > 1:
-        raise refused(stream, "replicas > 1 not supported in non-clustered mode")
-    if wanted["max_age"] and wanted["duplicate_window"] > wanted["max_age"]:
-        raise refused(stream, "duplicates window can not be larger then max age")
     async with transport.registry.change() as streams:
-        for name, other in streams.items():
-            if name != stream.name and any(
-                overlaps(mine, theirs)
-                for mine in wanted["subjects"]
-                for theirs in other["config"]["subjects"]
-            ):
-                raise refused(stream, "subjects overlap with an existing stream")
-        old = streams.get(stream.name)
+        old = check_declaration(streams, stream, wanted)
         if old is not None:
             if old["config"] == wanted:
                 return "unchanged"
-            if old["config"]["storage"] != wanted["storage"]:
-                raise refused(stream, "stream configuration update can not change storage type")
-            if old["config"]["retention"] != wanted["retention"] and "workqueue" in (
-                old["config"]["retention"],
-                wanted["retention"],
-            ):
-                raise refused(
-                    stream,
-                    "stream configuration update can not change retention policy to/from workqueue",
-                )
             old["config"] = wanted
             await update_retention(transport, stream.name, old)
             return "updated"
-        incarnation = time.strftime("%Y%m%dT%H%M%S", time.gmtime())
-        incarnation += f".{time.time_ns() // 1000 % 1000000:06d}Z"
-        found = {"config": wanted, "incarnation": incarnation, "id": new_id(), "consumers": {}}
+        found = {
+            "config": wanted,
+            "incarnation": new_incarnation(),
+            "id": new_id(),
+            "consumers": {},
+        }
         tags = {"cliffracer-kind": "stream", "cliffracer-stream": stream.name}
         keep = {"MessageRetentionPeriod": retention(wanted)}
         await create_queue(transport, unclaimed_name(transport, stream.name, found), keep, tags)
