@@ -7,11 +7,12 @@ from __future__ import annotations
 
 import random
 import time
-from typing import Any
+from typing import Any, Protocol
 
+from cliffracer_core.core.errors import RemoteUnavailable
 from cliffracer_core.core.streams import Stream
-from cliffracer_core.transports.base import StreamError
-from cliffracer_core.transports.subjects import overlaps
+from cliffracer_core.transports.base import NoStream, StreamError
+from cliffracer_core.transports.subjects import overlaps, subject_matches
 
 _last_sequence = 0
 
@@ -67,3 +68,29 @@ def check_declaration(
             stream, "stream configuration update can not change retention policy to/from workqueue"
         )
     return old
+
+
+class Registry(Protocol):
+    """A backend's registry of streams, as the emulating backends keep it."""
+
+    async def streams(self, *, fresh: bool = False) -> dict[str, Any]: ...
+
+
+async def stream_of(registry: Registry, subject: str) -> tuple[str, dict[str, Any]]:
+    """The stream that holds ``subject`` (the cached registry first, then read again)."""
+    for fresh in (False, True):
+        for name, found in (await registry.streams(fresh=fresh)).items():
+            if any(subject_matches(pattern, subject) for pattern in found["config"]["subjects"]):
+                return name, found
+    raise NoStream(subject)
+
+
+def check_size(found: dict[str, Any], subject: str, data: bytes, headers: dict[str, str]) -> None:
+    """Refuse an event over the stream's ``max_msg_size``, counted as nats-server counts it."""
+    size = len(data) + sum(len(key) + len(value) + 4 for key, value in headers.items()) + 10
+    if 0 < found["config"]["max_msg_size"] < size:
+        raise RemoteUnavailable(
+            f"The stream refused the event on {subject}: message size exceeds maximum allowed.",
+            type="publish_refused",
+            subject=subject,
+        )

@@ -32,8 +32,13 @@ from cliffracer_core.core.errors import RemoteError, RemoteUnavailable
 from cliffracer_core.core.headers import MSG_ID
 from cliffracer_core.core.streams import Stream, stream_config
 from cliffracer_core.transports.base import ConsumerState, NoStream, StreamState
-from cliffracer_core.transports.emulated import check_declaration, new_incarnation, new_sequence
-from cliffracer_core.transports.subjects import subject_matches
+from cliffracer_core.transports.emulated import (
+    check_declaration,
+    check_size,
+    new_incarnation,
+    new_sequence,
+    stream_of,
+)
 
 if TYPE_CHECKING:
     from cliffracer_core.transports.amqp.transport import AmqpTransport
@@ -164,15 +169,6 @@ async def stream_state(transport: AmqpTransport, name: str) -> StreamState | Non
     )
 
 
-async def stream_of(transport: AmqpTransport, subject: str) -> tuple[str, dict[str, Any]]:
-    """The stream that holds ``subject`` (the cached registry first, then read again)."""
-    for fresh in (False, True):
-        for name, found in (await transport.registry.streams(fresh=fresh)).items():
-            if any(subject_matches(pattern, subject) for pattern in found["config"]["subjects"]):
-                return name, found
-    raise NoStream(subject)
-
-
 async def publish_durable(
     transport: AmqpTransport,
     subject: str,
@@ -181,15 +177,9 @@ async def publish_durable(
     headers: dict[str, str] | None,
     msg_id: str,
 ) -> int:
-    name, found = await stream_of(transport, subject)
+    name, found = await stream_of(transport.registry, subject)
     headers = {**(headers or {}), MSG_ID: msg_id}
-    size = len(data) + sum(len(key) + len(value) + 4 for key, value in headers.items()) + 10
-    if 0 < found["config"]["max_msg_size"] < size:
-        raise RemoteUnavailable(
-            f"The stream refused the event on {subject}: message size exceeds maximum allowed.",
-            type="publish_refused",
-            subject=subject,
-        )
+    check_size(found, subject, data, headers)
     sequence = new_sequence()
     now = time.time()
     message = transport.durable_message(

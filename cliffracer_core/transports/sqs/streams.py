@@ -43,7 +43,13 @@ from cliffracer_core.core.errors import RemoteUnavailable
 from cliffracer_core.core.headers import MSG_ID
 from cliffracer_core.core.streams import Stream, stream_config
 from cliffracer_core.transports.base import ConsumerState, NoStream, StreamError, StreamState
-from cliffracer_core.transports.emulated import check_declaration, new_incarnation, new_sequence
+from cliffracer_core.transports.emulated import (
+    check_declaration,
+    check_size,
+    new_incarnation,
+    new_sequence,
+    stream_of,
+)
 from cliffracer_core.transports.sqs import names
 from cliffracer_core.transports.sqs.envelope import MAX_BODY, pack
 from cliffracer_core.transports.subjects import subject_matches
@@ -339,15 +345,6 @@ async def stream_state(transport: SqsTransport, name: str) -> StreamState | None
     )
 
 
-async def stream_of(transport: SqsTransport, subject: str) -> tuple[str, dict[str, Any]]:
-    """The stream that holds ``subject`` (the cached registry first, then read again)."""
-    for fresh in (False, True):
-        for name, found in (await transport.registry.streams(fresh=fresh)).items():
-            if any(subject_matches(pattern, subject) for pattern in found["config"]["subjects"]):
-                return name, found
-    raise NoStream(subject)
-
-
 async def publish_durable(
     transport: SqsTransport,
     subject: str,
@@ -356,15 +353,9 @@ async def publish_durable(
     headers: dict[str, str] | None,
     msg_id: str,
 ) -> int:
-    name, found = await stream_of(transport, subject)
+    name, found = await stream_of(transport.registry, subject)
     headers = {**(headers or {}), MSG_ID: msg_id}
-    size = len(data) + sum(len(key) + len(value) + 4 for key, value in headers.items()) + 10
-    if 0 < found["config"]["max_msg_size"] < size:
-        raise RemoteUnavailable(
-            f"The stream refused the event on {subject}: message size exceeds maximum allowed.",
-            type="publish_refused",
-            subject=subject,
-        )
+    check_size(found, subject, data, headers)
     sequence = new_sequence()
     body = pack(subject, data, headers, "", stored=(sequence, time.time()))
     if len(body.encode()) > MAX_BODY:
