@@ -283,6 +283,34 @@ class Transport:
         without one after the first, or after ``limit`` replies (ADR-32 discovery)."""
         raise NotImplementedError("subclasses of Transport must provide a request_many() method")
 
+    async def replies_on_inbox(
+        self,
+        send: Callable[[str], Awaitable[int | None]],
+        *,
+        deadline: float,
+        stall: float | None,
+        limit: int | None,
+    ) -> list[Received]:
+        """``request_many`` for a backend whose replies come on a subscribed inbox: subscribe
+        a new inbox, ``send(inbox)`` the request, and gather the replies (a no-responders
+        status is none). ``send`` returns how many got the request (0: nobody, so no wait;
+        None: unknown, so wait until the replies stall or ``deadline``)."""
+        replies = Replies(limit)
+
+        async def collect(message: Received) -> None:
+            if not is_no_responders_status(message):
+                replies.add(message)
+
+        inbox = self.new_inbox()
+        subscription = await self.subscribe(inbox, collect)
+        try:
+            expected = await send(inbox)
+            if expected == 0:
+                return []
+            return await replies.wait(deadline, stall, expected=expected)
+        finally:
+            await subscription.unsubscribe()
+
     async def subscribe(
         self,
         subject: str,

@@ -21,12 +21,10 @@ from cliffracer_core.transports.base import (
     Delivery,
     Features,
     Received,
-    Replies,
     StreamState,
     Transport,
     bad_subject,
     check_subscription,
-    is_no_responders_status,
     too_large,
 )
 from cliffracer_core.transports.memory.broker import MemorySubscription, broker_for
@@ -188,19 +186,13 @@ class MemoryTransport(Transport):
         stall: float | None = None,
         limit: int | None = None,
     ) -> list[Received]:
-        replies = Replies(limit)
 
-        async def collect(message: Received) -> None:
-            if not is_no_responders_status(message):
-                replies.add(message)
-
-        inbox = self.new_inbox()
-        subscription = await self.subscribe(inbox, collect)
-        try:
+        async def send(inbox: str) -> None:
             await self.publish(subject, data, headers=headers, reply=inbox)
-            return await replies.wait(time.monotonic() + timeout, stall)
-        finally:
-            await subscription.unsubscribe()
+
+        return await self.replies_on_inbox(
+            send, deadline=time.monotonic() + timeout, stall=stall, limit=limit
+        )
 
     async def subscribe(
         self,

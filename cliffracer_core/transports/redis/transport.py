@@ -60,12 +60,10 @@ from cliffracer_core.transports.base import (
     Delivery,
     Features,
     Received,
-    Replies,
     StreamState,
     Transport,
     bad_subject,
     check_subscription,
-    is_no_responders_status,
     too_large,
 )
 from cliffracer_core.transports.redis import scripts, streams
@@ -711,22 +709,13 @@ class RedisTransport(Transport):
         """Every reply within ``timeout``. Redis says how many got the request (each group
         once, each connection subscribed once): once that many replied, wait only a moment
         for more (one connection may hold several responders), else until they stall."""
-        replies = Replies(limit)
 
-        async def collect(message: Received) -> None:
-            if not is_no_responders_status(message):
-                replies.add(message)
+        async def send(inbox: str) -> int:
+            return await self._route(subject, self._envelope(subject, data, headers, inbox))
 
-        inbox = self.new_inbox()
-        envelope = self._envelope(subject, data, headers, inbox)
-        subscription = await self.subscribe(inbox, collect)
-        try:
-            expected = await self._route(subject, envelope)
-            if not expected:
-                return []
-            return await replies.wait(time.monotonic() + timeout, stall, expected=expected)
-        finally:
-            await subscription.unsubscribe()
+        return await self.replies_on_inbox(
+            send, deadline=time.monotonic() + timeout, stall=stall, limit=limit
+        )
 
     async def subscribe(
         self,

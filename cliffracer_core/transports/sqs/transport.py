@@ -60,14 +60,12 @@ from cliffracer_core.transports.base import (
     Features,
     Pending,
     Received,
-    Replies,
     StreamError,
     StreamState,
     Transport,
     bad_subject,
     check_subscription,
     clean_headers,
-    is_no_responders_status,
     too_large,
 )
 from cliffracer_core.transports.sqs import names, streams
@@ -763,26 +761,18 @@ class SqsTransport(Transport):
         self._usable(subject)
         deadline, expires = time.monotonic() + timeout, time.time() + timeout
         await self._ensure_reply_queue()
-        replies = Replies(limit)
 
-        async def collect(message: Received) -> None:
-            if not is_no_responders_status(message):
-                replies.add(message)
-
-        inbox = self.new_inbox()
-        body = self._body(subject, data, headers, inbox, expires)
-        subscription = await self.subscribe(inbox, collect)
-        try:
+        async def send(inbox: str) -> int:
+            body = self._body(subject, data, headers, inbox, expires)
             try:
                 targets = await self._targets(subject)
             except UNAVAILABLE as error:
                 raise _unavailable(subject, error) from None
-            if not targets:
-                return []
-            await self._send(targets, body, subject)
-            return await replies.wait(deadline, stall, expected=len(targets))
-        finally:
-            await subscription.unsubscribe()
+            if targets:
+                await self._send(targets, body, subject)
+            return len(targets)
+
+        return await self.replies_on_inbox(send, deadline=deadline, stall=stall, limit=limit)
 
     async def subscribe(
         self,
