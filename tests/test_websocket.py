@@ -77,6 +77,11 @@ def calculator(start_service, unique_name, monkeypatch):
     return unique_name
 
 
+# Long enough to sign in on a loaded CI machine (a 1 s token, whose expiry is
+# rounded down to the second, sometimes expired before the socket was ready).
+SHORT_LIFETIME = timedelta(seconds=3)
+
+
 def token_for(user: User, lifetime: timedelta | None = None) -> str:
     token = AccessToken.for_user(user)
     if lifetime is not None:
@@ -217,7 +222,7 @@ def test_a_socket_that_never_authenticates_is_closed_4401(settings):
 
 
 def test_an_access_token_that_expires_mid_session_closes_4401(alice, no_leeway):
-    token_0 = token_for(alice, lifetime=timedelta(seconds=1))
+    token_0 = token_for(alice, lifetime=SHORT_LIFETIME)
 
     async def scenario():
         communicator = await signed_in(token_0)
@@ -228,14 +233,15 @@ def test_an_access_token_that_expires_mid_session_closes_4401(alice, no_leeway):
 
 def test_a_fresh_token_for_the_same_user_extends_the_session_another_user_closes_it(alice, boss):
     token_0 = token_for(alice)
-    token_1 = token_for(alice, lifetime=timedelta(seconds=1))
+    token_1 = token_for(alice, lifetime=SHORT_LIFETIME)
     token_2 = token_for(boss)
 
     async def scenario():
         communicator = await signed_in(token_1)
         await communicator.send_json_to({"type": "auth", "token": token_0})
         again = await communicator.receive_json_from(timeout=5)
-        await asyncio.sleep(1.5)  # past the first token's expiry: still open
+        # Past the first token's expiry: still open.
+        await asyncio.sleep(SHORT_LIFETIME.total_seconds() + 0.5)
         await communicator.send_json_to({"type": "ping", "id": 1})
         pong = await communicator.receive_json_from(timeout=5)
         await communicator.send_json_to({"type": "auth", "token": token_2})
