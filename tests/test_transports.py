@@ -636,6 +636,47 @@ def test_a_subscription_works_again_after_the_server_restarts(
         asyncio.run(main(server))
 
 
+@pytest.mark.parametrize("backend", ["nats"])
+def test_a_plain_nats_publish_goes_straight_to_the_buffer_and_falls_back_when_it_cannot(
+    backend: str, tmp_path: Any, prefix: str
+) -> None:
+    """A publish without headers (every reply) is written into nats-py's buffer inline while
+    connected (transports/nats/direct.py); a bad subject, an oversized body and a lost
+    connection go through ``Client.publish``, which refuses or buffers as it always does."""
+    from cliffracer_core.transports.nats import direct
+
+    async def main(server: NatsServer) -> None:
+        # One connection hears its own messages: on reconnecting, nats-py subscribes again
+        # before it sends what it buffered, so nothing published meanwhile is missed.
+        publisher = await connect_transport(server.url)
+        try:
+            assert publisher.direct
+            received = await collect(publisher, f"{prefix}.plain")
+            client = publisher.client
+            sent = client.stats["out_msgs"]
+            assert direct.send(client, f"{prefix}.plain", b"one")
+            await publisher.publish(f"{prefix}.plain", b"two")
+            assert client.stats["out_msgs"] == sent + 2
+            assert [m.data for m in await take(received, 2)] == [b"one", b"two"]
+            assert not direct.send(client, f"{prefix}.bad\r\nPUB x 1", b"")
+            assert not direct.send(client, "", b"")
+            assert not direct.send(client, f"{prefix}.big", b"x" * (client._max_payload + 1))
+            await asyncio.to_thread(server.kill)
+            async with asyncio.timeout(10):
+                while publisher.is_connected:
+                    await asyncio.sleep(0.02)
+            assert not direct.send(client, f"{prefix}.plain", b"lost?")
+            await publisher.publish(f"{prefix}.plain", b"buffered")  # nats-py keeps it
+            await asyncio.to_thread(server.start)
+            assert [m.data for m in await take(received, timeout=15)] == [b"buffered"]
+            assert drain(received) == []
+        finally:
+            await publisher.close()
+
+    with NatsServer(store_dir=tmp_path / "nats") as server:
+        asyncio.run(main(server))
+
+
 # Durable streams
 
 

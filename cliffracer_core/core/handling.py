@@ -32,6 +32,19 @@ from cliffracer_core.core.errors import ServiceError
 logger = logging.getLogger("cliffracer.runner")
 
 
+class Slots(asyncio.Semaphore):
+    """The handler slots: a semaphore that can also be taken without awaiting."""
+
+    def take(self) -> bool:
+        """Take a free slot now and return True, or return False when none is free."""
+        # What acquire() does when it need not wait, without making and awaiting a
+        # coroutine: the request path takes a slot this way for every request.
+        if self.locked():
+            return False
+        self._value -= 1  # type: ignore[attr-defined]
+        return True
+
+
 @dataclass(slots=True)
 class Finished:
     """One message handled (or refused): what a finish hook is told."""
@@ -68,7 +81,7 @@ class Handling:
         self.executor = ThreadPoolExecutor(
             max_workers=min(threads, concurrency), thread_name_prefix=f"cliffracer-{service}"
         )
-        self.slots: asyncio.Semaphore | None = None
+        self.slots: Slots | None = None
         self.loop: asyncio.AbstractEventLoop | None = None
         self.in_flight: set[asyncio.Task[Any]] = set()
         # What each task handles: (kind, name, correlation id, monotonic start).
@@ -85,7 +98,7 @@ class Handling:
     def bind(self, loop: asyncio.AbstractEventLoop) -> None:
         """Start serving on ``loop`` (the slots belong to it)."""
         self.loop = loop
-        self.slots = asyncio.Semaphore(self.concurrency)
+        self.slots = Slots(self.concurrency)
         self.access.bind(loop)
 
     # Tasks

@@ -51,7 +51,7 @@ from cliffracer_core.core.errors import (
 )
 from cliffracer_core.core.extensions import RunnerExtension, runner_extensions
 from cliffracer_core.core.figures import SUCCESS_CODE, ServiceMetrics
-from cliffracer_core.core.handling import NO_ARGUMENT, Finished, Handling
+from cliffracer_core.core.handling import NO_ARGUMENT, Finished, Handling, Slots
 from cliffracer_core.core.headers import (
     AUTHORIZATION,
     CORRELATION_ID,
@@ -202,7 +202,7 @@ class ServiceRunner:
         self.extensions: list[RunnerExtension] = runner_extensions(self)
 
     @property
-    def slots(self) -> asyncio.Semaphore | None:
+    def slots(self) -> Slots | None:
         return self.handling.slots
 
     @property
@@ -398,9 +398,7 @@ class ServiceRunner:
             # Refused before it can wait anywhere: big headers are how a flood takes memory.
             await self._refuse(message, refusal)
             return
-        slots = self.slots
-        if not slots.locked():  # type: ignore[union-attr]
-            await slots.acquire()  # type: ignore[union-attr]  (free: returns at once)
+        if self.handling.slots.take():  # type: ignore[union-attr]
             self.handling.spawn(self.handle_request(message))
             return
         # Every slot is busy: the request waits in its endpoint's line, or is refused at once.

@@ -43,7 +43,7 @@ from cliffracer_core.transports.base import (
     bad_subject,
     too_large,
 )
-from cliffracer_core.transports.nats import credentials
+from cliffracer_core.transports.nats import credentials, direct
 
 logger = logging.getLogger("cliffracer.connection")
 
@@ -90,6 +90,8 @@ class NatsTransport(Transport):
     ) -> None:
         super().__init__(location, options, role=role)
         self.client = NatsClient()
+        # Whether a publish without headers may go straight into nats-py's buffer (direct.py).
+        self.direct = direct.usable(self.client)
         self.connected_once = False
         # Why the last attempt to connect failed, as nats-py reported it; with the option
         # ``quiet`` (a command that fails fast, in one line) it is not logged.
@@ -268,6 +270,10 @@ class NatsTransport(Transport):
         headers: dict[str, str] | None = None,
         reply: str = "",
     ) -> None:
+        # A reply, or an event without headers: straight into nats-py's buffer when it can.
+        plain = headers is None and not reply and self.direct
+        if plain and direct.send(self.client, subject, data):
+            return
         try:
             await self.client.publish(subject, data, reply, headers)
         except nats.errors.MaxPayloadError:
