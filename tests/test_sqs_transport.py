@@ -253,6 +253,79 @@ def test_runservice_on_sqs_answers_call_and_discovery(
     assert "Traceback" not in missing.stderr
 
 
+@pytest.mark.timeout(120)
+def test_the_monitor_samples_a_service_on_sqs_and_the_console_shows_it(
+    transactional_db: Any, runservice_process: Any, url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``runservice monitor`` and a service, both on SNS/SQS: the monitor's discovery finds
+    the service, its samples count the calls made between two of them, and the console's
+    pages show the service up, its instance (the process's pid, on moto's endpoint) and its
+    figures."""
+    from django.contrib.auth.models import Permission, User
+    from django.test import Client
+
+    from cliffracer_core import call
+    from cliffracer_core.contrib.monitor.models import EndpointMinute, InstanceSnapshot
+    from cliffracer_core.core.client import close_sync_transport
+    from cliffracer_core.transports import URL_VARIABLE
+    from tests.monitoring import wait_until
+
+    service = runservice_process(
+        "testservice", DJANGO_SETTINGS_MODULE="tests.settings", CLIFFRACER_TRANSPORT_URL=url
+    )
+    monitor = runservice_process(
+        "monitor", DJANGO_SETTINGS_MODULE="tests.monitor_settings", CLIFFRACER_TRANSPORT_URL=url
+    )
+
+    def snapshot_of(pid: int) -> InstanceSnapshot | None:
+        return InstanceSnapshot.objects.filter(pid=str(pid)).first()
+
+    sampled = wait_until(lambda: snapshot_of(service.pid), timeout=30)
+    assert sampled is not None, monitor.output()[-3000:]
+    assert sampled.service == "testservice" and sampled.version == "1.2.3"
+    assert wait_until(lambda: snapshot_of(monitor.pid), timeout=30)  # the monitor sees itself
+
+    # This process's calls go over SQS too (its sync client may hold another transport).
+    close_sync_transport()
+    monkeypatch.setenv(URL_VARIABLE, url)
+    try:
+        for number in range(3):
+            assert call("testservice.echo", {"text": f"call {number}"}) == {
+                "text": f"call {number}"
+            }
+    finally:
+        close_sync_transport()
+
+    def counted() -> bool:
+        rows = EndpointMinute.objects.filter(service="testservice", endpoint="echo")
+        return sum(row.requests for row in rows) == 3
+
+    assert wait_until(counted, timeout=30), monitor.output()[-3000:]
+
+    viewer = User.objects.create_user("viewer", password="x", is_staff=True)
+    viewer.user_permissions.add(Permission.objects.get(codename="view_services"))
+    client = Client()
+    client.force_login(viewer)
+    overview = client.get("/admin/services/status.json").json()
+    row = {row["name"]: row for row in overview["services"]}["testservice"]
+    assert (row["state"], row["instances"], row["versions"]) == ("up", 1, ["1.2.3"])
+    assert row["requests_per_minute"] > 0
+    assert "The monitor is not running" not in overview["fragments"]["monitor"]
+    status = client.get("/admin/services/testservice/status.json").json()
+    [instance] = status["service"]["instances"]
+    assert (instance["id"], instance["pid"], instance["live"]) == (
+        sampled.instance_id,
+        str(service.pid),
+        True,
+    )
+    endpoints = {endpoint["name"]: endpoint for endpoint in status["service"]["endpoints"]}
+    assert (endpoints["echo"]["requests"], endpoints["echo"]["errors"]) == (3, 0)
+    page = client.get("/admin/services/testservice/").content.decode()
+    assert f'data-instance="{sampled.instance_id}"' in page
+    # The server an instance is on is moto's endpoint.
+    assert sampled.nats_server == url.split("endpoint_url=")[1]
+
+
 def test_a_sweep_deletes_the_queues_of_a_connection_that_stopped(
     url: str, shared_moto_server: str
 ) -> None:
