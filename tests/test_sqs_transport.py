@@ -193,6 +193,86 @@ def test_close_deletes_the_connections_own_queues_and_keeps_its_groups(
     asyncio.run(main())
 
 
+def count_listings(transport: Any) -> list[int]:
+    """Count the ``ListQueues`` calls ``transport`` makes (each still made, on moto)."""
+    calls = [0]
+    list_queues = transport.sqs.list_queues
+
+    async def counted(**arguments: Any) -> Any:
+        calls[0] += 1
+        return await list_queues(**arguments)
+
+    transport.sqs.list_queues = counted
+    return calls
+
+
+def test_requests_reuse_the_queue_list_and_list_again_when_it_falls_short(url: str) -> None:
+    """A caller lists the deployment's queues once per ``queue_list_ttl``, not once per
+    request; a request whose subject no listed queue matches (a service that started a
+    moment ago), or whose queues were deleted since, lists them again before it answers;
+    discovery always lists them (an instance that just started is seen)."""
+
+    async def main() -> None:
+        first = await connect_transport(url)
+        caller = await connect_transport(url, queue_list_ttl=60)
+        listings = count_listings(caller)
+        later = []
+        try:
+            await echo(first, "cached.>", queue="cached")
+            await echo(first, "$SRV.PING")
+            replies = [await caller.request("cached.x", b"%d" % n, timeout=10) for n in range(5)]
+            assert [reply.data for reply in replies] == [b"0", b"1", b"2", b"3", b"4"]
+            assert listings[0] == 1
+            # A service started after the caller listed: found at once, by listing again.
+            later.append(await connect_transport(url))
+            await echo(later[0], "started.>", queue="started")
+            await echo(later[0], "solo.ping")
+            await echo(later[0], "$SRV.PING")
+            assert (await caller.request("started.now", b"hi", timeout=10)).data == b"hi"
+            assert listings[0] == 2
+            # Discovery lists again: both $SRV.PING queues answer.
+            pings = await caller.request_many("$SRV.PING", b"p", timeout=5)
+            assert len(pings) == 2 and listings[0] == 3
+            assert (await caller.request("solo.ping", b"solo", timeout=10)).data == b"solo"
+            assert listings[0] == 3
+            # A queue deleted since the listing: the request lists again, and finds none.
+            await later[0].close()
+            with pytest.raises(NoResponders):
+                await caller.request("solo.ping", b"", timeout=10)
+            assert listings[0] == 4
+            assert (await caller.request("cached.x", b"on", timeout=10)).data == b"on"
+            assert listings[0] == 4
+        finally:
+            for transport in (first, caller, *later):
+                await transport.close()
+
+    asyncio.run(main())
+
+
+def test_the_queue_list_is_read_again_after_its_ttl_and_when_the_connection_changes_it(
+    url: str,
+) -> None:
+    async def main() -> None:
+        transport = await connect_transport(url, queue_list_ttl=0.5)
+        listings = count_listings(transport)
+        try:
+            await echo(transport, "ttl.>", queue="ttl")
+            for _ in range(3):
+                await transport.request("ttl.x", b"", timeout=10)
+            assert listings[0] == 1
+            await asyncio.sleep(0.6)
+            await transport.request("ttl.x", b"", timeout=10)
+            assert listings[0] == 2
+            # A subscription of its own made since: listed again at the next request.
+            await echo(transport, "mine.ping")
+            assert (await transport.request("ttl.y", b"y", timeout=10)).data == b"y"
+            assert listings[0] == 3
+        finally:
+            await transport.close()
+
+    asyncio.run(main())
+
+
 def test_a_request_to_a_stopped_service_times_out_and_is_not_handled_later(url: str) -> None:
     """Its group's queue is still there (SQS cannot tell nobody consumes it): the caller
     waits its timeout, and an instance that starts afterwards does not act on the request."""
