@@ -19,6 +19,7 @@ import boto3
 import pytest
 
 from cliffracer_core.core.errors import NoResponders, RemoteUnavailable, RpcTimeout
+from cliffracer_core.core.headers import MSG_ID
 from cliffracer_core.testing.plugin import project_root
 from cliffracer_core.transports import backend_for
 from cliffracer_core.transports import connect as connect_transport
@@ -645,3 +646,171 @@ def test_the_stream_registry_keeps_the_newest_of_its_versions(
         QueueUrl=registry["QueueUrl"], AttributeNames=["ApproximateNumberOfMessages"]
     )["Attributes"]
     assert attributes["ApproximateNumberOfMessages"] == "1"
+
+
+# Ordered streams: FIFO topic and queues
+
+
+def ordered_stream(name: str, subjects: list[str], **options: Any) -> Any:
+    from cliffracer_core.core.streams import STREAM_DEFAULTS, Stream
+
+    return Stream(name, {**STREAM_DEFAULTS, "subjects": subjects, "ordered": True, **options})
+
+
+async def reader(transport: Any, stream: str, name: str, filter_subject: str) -> Any:
+    """A consumer that acknowledges each delivery as it comes; the queue gets them."""
+    deliveries: asyncio.Queue[Any] = asyncio.Queue()
+
+    async def handle(delivery: Any) -> None:
+        await delivery.ack()
+        await deliveries.put(delivery)
+
+    await transport.consume(
+        stream, name, handle, filter_subject=filter_subject, ack_wait=5, max_in_flight=10
+    )
+    return deliveries
+
+
+async def taken(deliveries: asyncio.Queue[Any], count: int, *, then: float = 1.5) -> list[Any]:
+    """``count`` deliveries, then whatever else comes within ``then`` seconds."""
+    items = []
+    async with asyncio.timeout(20):
+        while len(items) < count:
+            items.append(await deliveries.get())
+    await asyncio.sleep(then)
+    while not deliveries.empty():
+        items.append(deliveries.get_nowait())
+    return items
+
+
+def test_an_ordered_stream_is_fifo_in_order_and_drops_a_republished_message_id(
+    url: str, shared_moto_server: str
+) -> None:
+    """Its events go through the deployment's FIFO topic to FIFO queues: a consumer receives
+    them in publish order across the stream's subjects, whether they waited unclaimed or came
+    after it attached, and an event published again with the same message id (as the outbox
+    relay does after a lost acknowledgement) is handled once. Plain subscribers hear them.
+
+    SQS drops the second publish within 5 minutes of the first; moto only while the first
+    is still in the queue, so each is published again before the first was handled."""
+    prefix = prefix_of(url)
+
+    async def main() -> None:
+        transport = await connect_transport(url)
+        release = asyncio.Event()
+        deliveries: asyncio.Queue[Any] = asyncio.Queue()
+
+        async def handle(delivery: Any) -> None:
+            if delivery.data == b"4":
+                await release.wait()  # what comes after waits in the consumer's queue
+            await delivery.ack()
+            await deliveries.put(delivery)
+
+        try:
+            assert await transport.ensure_stream(ordered_stream("FIFO", ["fifo.>"])) == "created"
+            plain: asyncio.Queue[Any] = asyncio.Queue()
+
+            async def hear(message: Any) -> None:
+                await plain.put(message)
+
+            await transport.subscribe("fifo.>", hear)
+            for n in range(4):  # before any consumer: they wait unclaimed
+                await transport.publish_durable(f"fifo.{'ab'[n % 2]}", b"%d" % n, msg_id=f"m{n}")
+            await transport.publish_durable("fifo.b", b"again", msg_id="m1")
+            await transport.consume(
+                "FIFO", "reader", handle, filter_subject="fifo.>", ack_wait=5, max_in_flight=10
+            )
+            for n in range(4, 10):
+                await transport.publish_durable(f"fifo.{'ab'[n % 2]}", b"%d" % n, msg_id=f"m{n}")
+            await transport.publish_durable("fifo.b", b"again", msg_id="m7")
+            release.set()
+            received = await taken(deliveries, 10)
+            assert [d.data for d in received] == [b"%d" % n for n in range(10)]
+            assert [d.headers[MSG_ID] for d in received] == [f"m{n}" for n in range(10)]
+            async with asyncio.timeout(10):
+                assert (await plain.get()).data == b"0"
+        finally:
+            await transport.close()
+
+    asyncio.run(main())
+    durable = [
+        name for name in queue_names(url, shared_moto_server) if name[len(prefix) + 1] in "uxc"
+    ]
+    assert len(durable) == 3 and all(name.endswith(".fifo") for name in durable)
+    sns = boto3.client("sns", region_name=REGION, endpoint_url=shared_moto_server)
+    topic = sns.create_topic(Name=names.fifo_topic_name(prefix), Attributes={"FifoTopic": "true"})[
+        "TopicArn"
+    ]
+    assert sns.get_topic_attributes(TopicArn=topic)["Attributes"]["FifoTopic"] == "true"
+
+
+def test_consumers_of_an_ordered_stream_claim_past_each_others_events(url: str) -> None:
+    """What waited unclaimed for two consumers with other filters: each takes its own in
+    order, the first sending the other's back to the end of the FIFO queue (held, they would
+    keep back everything after them)."""
+
+    async def main() -> None:
+        transport = await connect_transport(url)
+        try:
+            await transport.ensure_stream(ordered_stream("MIXED", ["mixed.>"]))
+            for n in range(7):
+                subject = "mixed.a" if n % 3 else "mixed.b"
+                await transport.publish_durable(subject, b"%d" % n, msg_id=f"m{n}")
+            first = await reader(transport, "MIXED", "a", "mixed.a")
+            assert [d.data for d in await taken(first, 4)] == [b"1", b"2", b"4", b"5"]
+            second = await reader(transport, "MIXED", "b", "mixed.b")
+            assert [d.data for d in await taken(second, 3)] == [b"0", b"3", b"6"]
+        finally:
+            await transport.close()
+
+    asyncio.run(main())
+
+
+def test_a_nak_on_an_ordered_stream_holds_back_what_follows(url: str) -> None:
+    async def main() -> None:
+        transport = await connect_transport(url)
+        deliveries: asyncio.Queue[Any] = asyncio.Queue()
+        naked: list[bytes] = []
+
+        async def handle(delivery: Any) -> None:
+            if delivery.data == b"0" and not naked:
+                naked.append(delivery.data)
+                await delivery.nak(delay=1)
+                return
+            await delivery.ack()
+            await deliveries.put(delivery)
+
+        try:
+            await transport.ensure_stream(ordered_stream("RETRY", ["retry.>"]))
+            await transport.consume(
+                "RETRY", "r", handle, filter_subject="retry.>", ack_wait=5, max_in_flight=1
+            )
+            for n in range(3):
+                await transport.publish_durable("retry.x", b"%d" % n, msg_id=f"m{n}")
+            received = await taken(deliveries, 3)
+            assert [d.data for d in received] == [b"0", b"1", b"2"]
+            assert received[0].delivered == 2 and naked == [b"0"]
+        finally:
+            await transport.close()
+
+    asyncio.run(main())
+
+
+def test_ordered_cannot_change_on_sqs_and_is_compared(url: str) -> None:
+    from cliffracer_core.core.streams import STREAM_DEFAULTS, Stream
+    from cliffracer_core.transports.base import StreamError
+
+    async def main() -> None:
+        transport = await connect_transport(url)
+        try:
+            stream = ordered_stream("FLIP", ["flip.>"])
+            plain = Stream("FLIP", {**STREAM_DEFAULTS, "subjects": ["flip.>"]})
+            assert await transport.ensure_stream(stream) == "created"
+            assert await transport.compare_stream(plain) == ["ordered"]
+            with pytest.raises(StreamError, match="'ordered' cannot change"):
+                await transport.ensure_stream(plain)
+            assert await transport.ensure_stream(stream) == "unchanged"
+        finally:
+            await transport.close()
+
+    asyncio.run(main())

@@ -32,7 +32,8 @@ the URL. How messages travel (``names.py`` says what things are called):
   those of connections that stopped refreshing (crashed processes) and their subscriptions.
 
 Durable streams (``streams.py``, ``consumer.py``): a queue per durable consumer subscribed to
-the topic, an unclaimed and a dead-letter queue per stream, their registry in a FIFO queue.
+the topic, an unclaimed and a dead-letter queue per stream, their registry in a FIFO queue; an
+ordered stream's through a FIFO topic and FIFO queues.
 """
 
 from __future__ import annotations
@@ -258,6 +259,8 @@ class SqsTransport(Transport):
         self.sqs: Any = None
         self.sns: Any = None
         self.topic_arn = ""
+        # The FIFO topic of ordered streams (streams.py), made on first use.
+        self.fifo_topic_arn = ""
         self._connected = False
         self._closed = False
         self._inlets: dict[names.QueueName, Inlet] = {}
@@ -423,9 +426,9 @@ class SqsTransport(Transport):
         self._leaving.add(task)
         task.add_done_callback(self._leaving.discard)
 
-    def topic_policy(self) -> str:
-        """Who may send to a subscribed queue: the deployment's topic (AWS checks it; moto
-        does not)."""
+    def topic_policy(self, topic_arn: str = "") -> str:
+        """Who may send to a subscribed queue: the deployment's topic, or ``topic_arn`` (AWS
+        checks it; moto does not)."""
         return json.dumps(
             {
                 "Version": "2012-10-17",
@@ -435,7 +438,7 @@ class SqsTransport(Transport):
                         "Principal": {"Service": "sns.amazonaws.com"},
                         "Action": "sqs:SendMessage",
                         "Resource": "*",
-                        "Condition": {"ArnEquals": {"aws:SourceArn": self.topic_arn}},
+                        "Condition": {"ArnEquals": {"aws:SourceArn": topic_arn or self.topic_arn}},
                     }
                 ],
             }
