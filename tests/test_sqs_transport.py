@@ -96,6 +96,19 @@ def test_a_long_name_is_hashed_within_80_characters_and_read_from_its_tags() -> 
     assert other != name
 
 
+def test_an_ordered_streams_names_and_ids_fit_what_fifo_takes() -> None:
+    long = "S" * 200
+    name = names.durable_name("p" * 32, "c", "0123456789ab", long, long, fifo=True)
+    assert len(name) == names.MAX_NAME and name.endswith(".fifo")
+    assert names.fifo_topic_name("shop") == "shop-events.fifo"
+    assert names.group_id("ORDERS") == "ORDERS" and len(names.group_id(long)) == 64
+    assert names.deduplication_id("order-42:created", 7) == "order-42:created"
+    assert names.deduplication_id("", 7) == "7"
+    for refused in ("x" * 129, "with space", "ünïcode"):
+        written = names.deduplication_id(refused, 7)
+        assert written != refused and names.FIFO_ID.fullmatch(written)
+
+
 def test_filter_policies_say_what_sns_can_and_leave_the_rest_to_the_consumer() -> None:
     assert names.filter_policy("orders.created") == {"subject": ["orders.created"]}
     assert names.filter_policy("orders.*.created") == {"subject": [{"prefix": "orders."}]}
