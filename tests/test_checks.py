@@ -81,6 +81,15 @@ def test_the_hardening_settings_are_checked(monkeypatch):
     assert not stream_problems("ORDERS", {"subjects": ["orders.>"]})
 
 
+def test_a_streams_ordered_option_is_true_or_false():
+    for ordered in (True, False):
+        assert not stream_problems("ORDERS", {"subjects": ["orders.>"], "ordered": ordered})
+    for wrong in ("yes", 1, None):
+        assert stream_problems("ORDERS", {"subjects": ["orders.>"], "ordered": wrong}) == [
+            "stream ORDERS: 'ordered' must be true or false"
+        ]
+
+
 def test_a_transport_without_a_feature_a_service_needs_is_reported(settings):
     from cliffracer_core.core.checks import _feature_errors
     from cliffracer_core.core.service import Service, event

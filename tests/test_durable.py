@@ -159,6 +159,37 @@ def test_a_durable_handler_acknowledges_each_event_after_it_succeeds(
     assert len(service.deliveries) == 50
 
 
+def test_an_ordered_streams_handler_takes_its_events_one_at_a_time_in_order(
+    settings, unique_name, start_service, nats_server
+):
+    """On an ``ordered`` stream a durable handler is given one event at a time, so that it
+    handles them in publish order, even where a later one would finish first."""
+    name = unique_name.upper()
+    settings.CLIFFRACER = {
+        **settings.CLIFFRACER,
+        "STREAMS": {name: {"subjects": [f"{unique_name}.>"], "ordered": True}},
+    }
+
+    class Sorter(Service):
+        def __init__(self) -> None:
+            self.handled: list[str] = []
+
+        @event(f"{unique_name}.happened", durable=True)
+        async def on_happened(self, happened: Happened) -> None:
+            await asyncio.sleep(0.03 if int(happened.id) % 2 == 0 else 0)
+            self.handled.append(happened.id)
+
+    Sorter.name = unique_name
+    try:
+        running = start_service(Sorter)
+        for number in range(20):
+            publish(f"{unique_name}.happened", Happened(id=str(number)))
+        assert wait_until(lambda: len(running.service.handled) == 20)
+        assert running.service.handled == [str(number) for number in range(20)]
+    finally:
+        run_async(_delete_stream(nats_server.url, name))
+
+
 @pytest.mark.django_db(transaction=True)
 def test_two_instances_share_one_consumer(stream, unique_name, start_service):
     service_class = recording_service(unique_name, unique_name)

@@ -19,6 +19,7 @@ import boto3
 import pytest
 
 from cliffracer_core.core.errors import NoResponders, RemoteUnavailable, RpcTimeout
+from cliffracer_core.core.headers import MSG_ID
 from cliffracer_core.testing.plugin import project_root
 from cliffracer_core.transports import backend_for
 from cliffracer_core.transports import connect as connect_transport
@@ -93,6 +94,19 @@ def test_a_long_name_is_hashed_within_80_characters_and_read_from_its_tags() -> 
     assert names.from_tags(name, "shop_prod", tags) == queue
     other, _ = names.queue_name("shop_prod", names.QueueName("g", "orders", long + "x"))
     assert other != name
+
+
+def test_an_ordered_streams_names_and_ids_fit_what_fifo_takes() -> None:
+    long = "S" * 200
+    name = names.durable_name("p" * 32, "c", "0123456789ab", long, long, fifo=True)
+    assert len(name) == names.MAX_NAME and name.endswith(".fifo")
+    assert names.fifo_topic_name("shop") == "shop-events.fifo"
+    assert names.group_id("ORDERS") == "ORDERS" and len(names.group_id(long)) == 64
+    assert names.deduplication_id("order-42:created", 7) == "order-42:created"
+    assert names.deduplication_id("", 7) == "7"
+    for refused in ("x" * 129, "with space", "ünïcode"):
+        written = names.deduplication_id(refused, 7)
+        assert written != refused and names.FIFO_ID.fullmatch(written)
 
 
 def test_filter_policies_say_what_sns_can_and_leave_the_rest_to_the_consumer() -> None:
@@ -193,6 +207,86 @@ def test_close_deletes_the_connections_own_queues_and_keeps_its_groups(
     asyncio.run(main())
 
 
+def count_listings(transport: Any) -> list[int]:
+    """Count the ``ListQueues`` calls ``transport`` makes (each still made, on moto)."""
+    calls = [0]
+    list_queues = transport.sqs.list_queues
+
+    async def counted(**arguments: Any) -> Any:
+        calls[0] += 1
+        return await list_queues(**arguments)
+
+    transport.sqs.list_queues = counted
+    return calls
+
+
+def test_requests_reuse_the_queue_list_and_list_again_when_it_falls_short(url: str) -> None:
+    """A caller lists the deployment's queues once per ``queue_list_ttl``, not once per
+    request; a request whose subject no listed queue matches (a service that started a
+    moment ago), or whose queues were deleted since, lists them again before it answers;
+    discovery always lists them (an instance that just started is seen)."""
+
+    async def main() -> None:
+        first = await connect_transport(url)
+        caller = await connect_transport(url, queue_list_ttl=60)
+        listings = count_listings(caller)
+        later = []
+        try:
+            await echo(first, "cached.>", queue="cached")
+            await echo(first, "$SRV.PING")
+            replies = [await caller.request("cached.x", b"%d" % n, timeout=10) for n in range(5)]
+            assert [reply.data for reply in replies] == [b"0", b"1", b"2", b"3", b"4"]
+            assert listings[0] == 1
+            # A service started after the caller listed: found at once, by listing again.
+            later.append(await connect_transport(url))
+            await echo(later[0], "started.>", queue="started")
+            await echo(later[0], "solo.ping")
+            await echo(later[0], "$SRV.PING")
+            assert (await caller.request("started.now", b"hi", timeout=10)).data == b"hi"
+            assert listings[0] == 2
+            # Discovery lists again: both $SRV.PING queues answer.
+            pings = await caller.request_many("$SRV.PING", b"p", timeout=5)
+            assert len(pings) == 2 and listings[0] == 3
+            assert (await caller.request("solo.ping", b"solo", timeout=10)).data == b"solo"
+            assert listings[0] == 3
+            # A queue deleted since the listing: the request lists again, and finds none.
+            await later[0].close()
+            with pytest.raises(NoResponders):
+                await caller.request("solo.ping", b"", timeout=10)
+            assert listings[0] == 4
+            assert (await caller.request("cached.x", b"on", timeout=10)).data == b"on"
+            assert listings[0] == 4
+        finally:
+            for transport in (first, caller, *later):
+                await transport.close()
+
+    asyncio.run(main())
+
+
+def test_the_queue_list_is_read_again_after_its_ttl_and_when_the_connection_changes_it(
+    url: str,
+) -> None:
+    async def main() -> None:
+        transport = await connect_transport(url, queue_list_ttl=0.5)
+        listings = count_listings(transport)
+        try:
+            await echo(transport, "ttl.>", queue="ttl")
+            for _ in range(3):
+                await transport.request("ttl.x", b"", timeout=10)
+            assert listings[0] == 1
+            await asyncio.sleep(0.6)
+            await transport.request("ttl.x", b"", timeout=10)
+            assert listings[0] == 2
+            # A subscription of its own made since: listed again at the next request.
+            await echo(transport, "mine.ping")
+            assert (await transport.request("ttl.y", b"y", timeout=10)).data == b"y"
+            assert listings[0] == 3
+        finally:
+            await transport.close()
+
+    asyncio.run(main())
+
+
 def test_a_request_to_a_stopped_service_times_out_and_is_not_handled_later(url: str) -> None:
     """Its group's queue is still there (SQS cannot tell nobody consumes it): the caller
     waits its timeout, and an instance that starts afterwards does not act on the request."""
@@ -251,6 +345,79 @@ def test_runservice_on_sqs_answers_call_and_discovery(
     assert missing.returncode == 1
     assert "no_responders" in missing.stderr
     assert "Traceback" not in missing.stderr
+
+
+@pytest.mark.timeout(120)
+def test_the_monitor_samples_a_service_on_sqs_and_the_console_shows_it(
+    transactional_db: Any, runservice_process: Any, url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``runservice monitor`` and a service, both on SNS/SQS: the monitor's discovery finds
+    the service, its samples count the calls made between two of them, and the console's
+    pages show the service up, its instance (the process's pid, on moto's endpoint) and its
+    figures."""
+    from django.contrib.auth.models import Permission, User
+    from django.test import Client
+
+    from cliffracer_core import call
+    from cliffracer_core.contrib.monitor.models import EndpointMinute, InstanceSnapshot
+    from cliffracer_core.core.client import close_sync_transport
+    from cliffracer_core.transports import URL_VARIABLE
+    from tests.monitoring import wait_until
+
+    service = runservice_process(
+        "testservice", DJANGO_SETTINGS_MODULE="tests.settings", CLIFFRACER_TRANSPORT_URL=url
+    )
+    monitor = runservice_process(
+        "monitor", DJANGO_SETTINGS_MODULE="tests.monitor_settings", CLIFFRACER_TRANSPORT_URL=url
+    )
+
+    def snapshot_of(pid: int) -> InstanceSnapshot | None:
+        return InstanceSnapshot.objects.filter(pid=str(pid)).first()
+
+    sampled = wait_until(lambda: snapshot_of(service.pid), timeout=30)
+    assert sampled is not None, monitor.output()[-3000:]
+    assert sampled.service == "testservice" and sampled.version == "1.2.3"
+    assert wait_until(lambda: snapshot_of(monitor.pid), timeout=30)  # the monitor sees itself
+
+    # This process's calls go over SQS too (its sync client may hold another transport).
+    close_sync_transport()
+    monkeypatch.setenv(URL_VARIABLE, url)
+    try:
+        for number in range(3):
+            assert call("testservice.echo", {"text": f"call {number}"}) == {
+                "text": f"call {number}"
+            }
+    finally:
+        close_sync_transport()
+
+    def counted() -> bool:
+        rows = EndpointMinute.objects.filter(service="testservice", endpoint="echo")
+        return sum(row.requests for row in rows) == 3
+
+    assert wait_until(counted, timeout=30), monitor.output()[-3000:]
+
+    viewer = User.objects.create_user("viewer", password="x", is_staff=True)
+    viewer.user_permissions.add(Permission.objects.get(codename="view_services"))
+    client = Client()
+    client.force_login(viewer)
+    overview = client.get("/admin/services/status.json").json()
+    row = {row["name"]: row for row in overview["services"]}["testservice"]
+    assert (row["state"], row["instances"], row["versions"]) == ("up", 1, ["1.2.3"])
+    assert row["requests_per_minute"] > 0
+    assert "The monitor is not running" not in overview["fragments"]["monitor"]
+    status = client.get("/admin/services/testservice/status.json").json()
+    [instance] = status["service"]["instances"]
+    assert (instance["id"], instance["pid"], instance["live"]) == (
+        sampled.instance_id,
+        str(service.pid),
+        True,
+    )
+    endpoints = {endpoint["name"]: endpoint for endpoint in status["service"]["endpoints"]}
+    assert (endpoints["echo"]["requests"], endpoints["echo"]["errors"]) == (3, 0)
+    page = client.get("/admin/services/testservice/").content.decode()
+    assert f'data-instance="{sampled.instance_id}"' in page
+    # The server an instance is on is moto's endpoint.
+    assert sampled.nats_server == url.split("endpoint_url=")[1]
 
 
 def test_a_sweep_deletes_the_queues_of_a_connection_that_stopped(
@@ -492,3 +659,171 @@ def test_the_stream_registry_keeps_the_newest_of_its_versions(
         QueueUrl=registry["QueueUrl"], AttributeNames=["ApproximateNumberOfMessages"]
     )["Attributes"]
     assert attributes["ApproximateNumberOfMessages"] == "1"
+
+
+# Ordered streams: FIFO topic and queues
+
+
+def ordered_stream(name: str, subjects: list[str], **options: Any) -> Any:
+    from cliffracer_core.core.streams import STREAM_DEFAULTS, Stream
+
+    return Stream(name, {**STREAM_DEFAULTS, "subjects": subjects, "ordered": True, **options})
+
+
+async def reader(transport: Any, stream: str, name: str, filter_subject: str) -> Any:
+    """A consumer that acknowledges each delivery as it comes; the queue gets them."""
+    deliveries: asyncio.Queue[Any] = asyncio.Queue()
+
+    async def handle(delivery: Any) -> None:
+        await delivery.ack()
+        await deliveries.put(delivery)
+
+    await transport.consume(
+        stream, name, handle, filter_subject=filter_subject, ack_wait=5, max_in_flight=10
+    )
+    return deliveries
+
+
+async def taken(deliveries: asyncio.Queue[Any], count: int, *, then: float = 1.5) -> list[Any]:
+    """``count`` deliveries, then whatever else comes within ``then`` seconds."""
+    items = []
+    async with asyncio.timeout(20):
+        while len(items) < count:
+            items.append(await deliveries.get())
+    await asyncio.sleep(then)
+    while not deliveries.empty():
+        items.append(deliveries.get_nowait())
+    return items
+
+
+def test_an_ordered_stream_is_fifo_in_order_and_drops_a_republished_message_id(
+    url: str, shared_moto_server: str
+) -> None:
+    """Its events go through the deployment's FIFO topic to FIFO queues: a consumer receives
+    them in publish order across the stream's subjects, whether they waited unclaimed or came
+    after it attached, and an event published again with the same message id (as the outbox
+    relay does after a lost acknowledgement) is handled once. Plain subscribers hear them.
+
+    SQS drops the second publish within 5 minutes of the first; moto only while the first
+    is still in the queue, so each is published again before the first was handled."""
+    prefix = prefix_of(url)
+
+    async def main() -> None:
+        transport = await connect_transport(url)
+        release = asyncio.Event()
+        deliveries: asyncio.Queue[Any] = asyncio.Queue()
+
+        async def handle(delivery: Any) -> None:
+            if delivery.data == b"4":
+                await release.wait()  # what comes after waits in the consumer's queue
+            await delivery.ack()
+            await deliveries.put(delivery)
+
+        try:
+            assert await transport.ensure_stream(ordered_stream("FIFO", ["fifo.>"])) == "created"
+            plain: asyncio.Queue[Any] = asyncio.Queue()
+
+            async def hear(message: Any) -> None:
+                await plain.put(message)
+
+            await transport.subscribe("fifo.>", hear)
+            for n in range(4):  # before any consumer: they wait unclaimed
+                await transport.publish_durable(f"fifo.{'ab'[n % 2]}", b"%d" % n, msg_id=f"m{n}")
+            await transport.publish_durable("fifo.b", b"again", msg_id="m1")
+            await transport.consume(
+                "FIFO", "reader", handle, filter_subject="fifo.>", ack_wait=5, max_in_flight=10
+            )
+            for n in range(4, 10):
+                await transport.publish_durable(f"fifo.{'ab'[n % 2]}", b"%d" % n, msg_id=f"m{n}")
+            await transport.publish_durable("fifo.b", b"again", msg_id="m7")
+            release.set()
+            received = await taken(deliveries, 10)
+            assert [d.data for d in received] == [b"%d" % n for n in range(10)]
+            assert [d.headers[MSG_ID] for d in received] == [f"m{n}" for n in range(10)]
+            async with asyncio.timeout(10):
+                assert (await plain.get()).data == b"0"
+        finally:
+            await transport.close()
+
+    asyncio.run(main())
+    durable = [
+        name for name in queue_names(url, shared_moto_server) if name[len(prefix) + 1] in "uxc"
+    ]
+    assert len(durable) == 3 and all(name.endswith(".fifo") for name in durable)
+    sns = boto3.client("sns", region_name=REGION, endpoint_url=shared_moto_server)
+    topic = sns.create_topic(Name=names.fifo_topic_name(prefix), Attributes={"FifoTopic": "true"})[
+        "TopicArn"
+    ]
+    assert sns.get_topic_attributes(TopicArn=topic)["Attributes"]["FifoTopic"] == "true"
+
+
+def test_consumers_of_an_ordered_stream_claim_past_each_others_events(url: str) -> None:
+    """What waited unclaimed for two consumers with other filters: each takes its own in
+    order, the first sending the other's back to the end of the FIFO queue (held, they would
+    keep back everything after them)."""
+
+    async def main() -> None:
+        transport = await connect_transport(url)
+        try:
+            await transport.ensure_stream(ordered_stream("MIXED", ["mixed.>"]))
+            for n in range(7):
+                subject = "mixed.a" if n % 3 else "mixed.b"
+                await transport.publish_durable(subject, b"%d" % n, msg_id=f"m{n}")
+            first = await reader(transport, "MIXED", "a", "mixed.a")
+            assert [d.data for d in await taken(first, 4)] == [b"1", b"2", b"4", b"5"]
+            second = await reader(transport, "MIXED", "b", "mixed.b")
+            assert [d.data for d in await taken(second, 3)] == [b"0", b"3", b"6"]
+        finally:
+            await transport.close()
+
+    asyncio.run(main())
+
+
+def test_a_nak_on_an_ordered_stream_holds_back_what_follows(url: str) -> None:
+    async def main() -> None:
+        transport = await connect_transport(url)
+        deliveries: asyncio.Queue[Any] = asyncio.Queue()
+        naked: list[bytes] = []
+
+        async def handle(delivery: Any) -> None:
+            if delivery.data == b"0" and not naked:
+                naked.append(delivery.data)
+                await delivery.nak(delay=1)
+                return
+            await delivery.ack()
+            await deliveries.put(delivery)
+
+        try:
+            await transport.ensure_stream(ordered_stream("RETRY", ["retry.>"]))
+            await transport.consume(
+                "RETRY", "r", handle, filter_subject="retry.>", ack_wait=5, max_in_flight=1
+            )
+            for n in range(3):
+                await transport.publish_durable("retry.x", b"%d" % n, msg_id=f"m{n}")
+            received = await taken(deliveries, 3)
+            assert [d.data for d in received] == [b"0", b"1", b"2"]
+            assert received[0].delivered == 2 and naked == [b"0"]
+        finally:
+            await transport.close()
+
+    asyncio.run(main())
+
+
+def test_ordered_cannot_change_on_sqs_and_is_compared(url: str) -> None:
+    from cliffracer_core.core.streams import STREAM_DEFAULTS, Stream
+    from cliffracer_core.transports.base import StreamError
+
+    async def main() -> None:
+        transport = await connect_transport(url)
+        try:
+            stream = ordered_stream("FLIP", ["flip.>"])
+            plain = Stream("FLIP", {**STREAM_DEFAULTS, "subjects": ["flip.>"]})
+            assert await transport.ensure_stream(stream) == "created"
+            assert await transport.compare_stream(plain) == ["ordered"]
+            with pytest.raises(StreamError, match="'ordered' cannot change"):
+                await transport.ensure_stream(plain)
+            assert await transport.ensure_stream(stream) == "unchanged"
+        finally:
+            await transport.close()
+
+    asyncio.run(main())

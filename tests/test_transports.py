@@ -848,6 +848,44 @@ def test_a_stream_kept_for_its_readers_drops_what_they_settled(
     run(main())
 
 
+def test_an_ordered_stream_delivers_in_publish_order_and_is_declared_once(
+    transport: Transport, make_stream: Callable[..., Any], run: Callable[..., Any]
+) -> None:
+    """``ordered: true`` is accepted by every backend (on SNS/SQS it makes the stream FIFO):
+    a consumer gets the stream's events in publish order, across its subjects, before and
+    after it attached; declaring the stream again changes nothing."""
+
+    async def main() -> None:
+        stream, subject = await make_stream(ordered=True)
+        for n in range(4):
+            await transport.publish_durable(f"{subject}.{'ab'[n % 2]}", b"%d" % n, msg_id=f"m{n}")
+        deliveries: asyncio.Queue[Any] = asyncio.Queue()
+
+        async def handle(delivery: Any) -> None:
+            # Settled as it comes: a FIFO queue gives out nothing after what is held.
+            await delivery.ack()
+            await deliveries.put(delivery)
+
+        consumer = await transport.consume(
+            stream.name,
+            "reader",
+            handle,
+            filter_subject=f"{subject}.>",
+            ack_wait=5,
+            max_in_flight=10,
+        )
+        for n in range(4, 12):
+            await transport.publish_durable(f"{subject}.{'ab'[n % 2]}", b"%d" % n, msg_id=f"m{n}")
+        received = await take(deliveries, 12, timeout=20)
+        assert [d.data for d in received] == [b"%d" % n for n in range(12)]
+        assert [d.subject.rsplit(".", 1)[1] for d in received] == list("ab" * 6)
+        assert await transport.ensure_stream(stream) == "unchanged"
+        assert await transport.compare_stream(stream) == []
+        await consumer.close()
+
+    run(main())
+
+
 def test_a_consumer_delivers_from_the_start_and_acks(
     transport: Transport, make_stream: Callable[..., Any], run: Callable[..., Any]
 ) -> None:

@@ -54,6 +54,9 @@ STREAM_DEFAULTS: dict[str, Any] = {
     "duplicate_window": 120.0,
     "num_replicas": 1,
     "discard": "old",
+    # Delivered in publish order and deduplicated by Nats-Msg-Id where the broker does not
+    # already do both for every stream (SNS/SQS: FIFO topic and queues; docs/transports.md).
+    "ordered": False,
 }
 CHOICES: dict[str, tuple[str, ...]] = {
     "retention": ("limits", "interest", "workqueue"),
@@ -62,7 +65,16 @@ CHOICES: dict[str, tuple[str, ...]] = {
 }
 SECONDS = ("max_age", "duplicate_window")
 COUNTS = ("max_msgs", "max_bytes", "max_msg_size", "max_msgs_per_subject", "max_consumers")
-STREAM_OPTIONS = ("subjects", "description", "num_replicas", *CHOICES, *SECONDS, *COUNTS)
+FLAGS = ("ordered",)
+STREAM_OPTIONS = (
+    "subjects",
+    "description",
+    "num_replicas",
+    *CHOICES,
+    *SECONDS,
+    *COUNTS,
+    *FLAGS,
+)
 
 # Attempts of one publish to a stream, all with the same Nats-Msg-Id, and the pause between.
 PUBLISH_ATTEMPTS = 3
@@ -116,6 +128,9 @@ def stream_problems(name: Any, options: Any) -> list[str]:
         value = options.get(key, 1)
         if isinstance(value, bool) or not isinstance(value, int) or (value < 1 and value != -1):
             problems.append(f"stream {name}: {key!r} must be a positive integer (or -1)")
+    for key in FLAGS:
+        if not isinstance(options.get(key, False), bool):
+            problems.append(f"stream {name}: {key!r} must be true or false")
     if "description" in options and not isinstance(options["description"], str):
         problems.append(f"stream {name}: 'description' must be a string")
     return problems

@@ -143,8 +143,12 @@ class DurableConsumer:
         self.delays = [float(delay) for delay in cliffracer_settings.DURABLE_RETRY_DELAYS] or [0.0]
         self.ack_wait = float(cliffracer_settings.DURABLE_ACK_WAIT)
         # Events taken and not yet settled stay within this, so that none waits long in this
-        # process (its ack wait runs from delivery).
+        # process (its ack wait runs from delivery); one at a time from an ordered stream, so
+        # that its handler runs them in the stream's order.
         self.batch = max(1, min(int(cliffracer_settings.DURABLE_PULL_BATCH), runner.concurrency))
+        declared = declared_streams().get(stream)
+        if declared is not None and declared.options.get("ordered"):
+            self.batch = 1
         self.consumer: Consumer | None = None
         self.stopping = False
         # Outcomes, for inspection and tests.

@@ -10,6 +10,9 @@
   sends it to the stream's dead-letter queue and deletes it. The delivery count is SQS's
   ``ApproximateReceiveCount``, which also counts a receive a closing attachment handed back.
 - When it attaches, it claims what waits in the stream's unclaimed queue and its filter takes.
+- On an ordered stream's FIFO queue the same, with each message's group and deduplication id
+  kept when it moves (claimed, buried): SQS gives out no message of the stream while one
+  before it is held, so a nak holds back what follows until it comes again.
 - A receive is never cancelled while it waits in SQS (what it took would be hidden for the
   visibility timeout, and counted as a delivery): a stopped attachment's last receive ends by
   itself within ``poll_wait`` and hands back what it took; the transport's close waits for it.
@@ -19,13 +22,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import logging
 import math
+import uuid
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 from cliffracer_core.transports.base import NoStream
-from cliffracer_core.transports.sqs import streams
+from cliffracer_core.transports.sqs import names, streams
 from cliffracer_core.transports.sqs.envelope import unpack_stored
 from cliffracer_core.transports.subjects import subject_matches
 
@@ -40,6 +45,9 @@ CLAIM_WAIT = 2.0
 FOLLOW_INTERVAL = 0.5
 # SQS's longest visibility timeout.
 MAX_VISIBILITY = 43200
+# What a receive asks of each message: its delivery count and, on a FIFO queue, its group and
+# deduplication id (kept when it moves to another queue).
+SYSTEM_ATTRIBUTES = ["ApproximateReceiveCount", "MessageGroupId", "MessageDeduplicationId"]
 
 
 def whole_seconds(seconds: float) -> int:
@@ -54,6 +62,7 @@ class SqsDelivery:
         self.attachment = attachment
         self.receipt = item["ReceiptHandle"]
         self.body = item["Body"]
+        self.item = item
         self.subject = message.subject
         self.data = message.data
         self.headers = message.headers
@@ -84,7 +93,7 @@ class SqsDelivery:
 
     async def term(self) -> None:
         if self._settle():
-            await self.attachment.bury(self.body, self.receipt)
+            await self.attachment.bury(self.item)
 
 
 class SqsAttachment:
@@ -111,6 +120,8 @@ class SqsAttachment:
         self.incarnation = ""
         self.url = ""
         self.dead_url = ""
+        # The consumer's queue is a FIFO queue (its stream is ordered).
+        self.fifo = False
         self.held: set[SqsDelivery] = set()
         self.room = asyncio.Event()
         self.stopped = False
@@ -146,6 +157,7 @@ class SqsAttachment:
             if url is None or dead_url is None:
                 raise NoStream(f"Stream {self.stream} is being deleted.")
             self.url, self.dead_url = url, dead_url
+            self.fifo = bool(entry.get("fifo"))
             unclaimed = await streams.queue_url(
                 transport, streams.unclaimed_name(transport, self.stream, found)
             )
@@ -159,44 +171,40 @@ class SqsAttachment:
 
     async def claim(self, unclaimed: str) -> None:
         """Move what waits unclaimed in the stream and this consumer takes into its queue;
-        the rest is made visible again for the next consumer attached."""
+        the rest is made visible again for the next consumer attached. On a FIFO queue the
+        rest is sent to its end instead (held, it would keep back what follows it), in its
+        order, so that one pass sees everything."""
         sqs = self.transport.sqs
-        left: list[dict[str, str]] = []
+        left: list[dict[str, Any]] = []
         try:
             visible, _ = await streams.count(self.transport, unclaimed.rsplit("/", 1)[-1])
             taken = 0
             while taken < visible and not self.stopped:
                 answer = await sqs.receive_message(
-                    QueueUrl=unclaimed, MaxNumberOfMessages=10, WaitTimeSeconds=1
+                    QueueUrl=unclaimed,
+                    MaxNumberOfMessages=10,
+                    WaitTimeSeconds=1,
+                    MessageSystemAttributeNames=SYSTEM_ATTRIBUTES,
                 )
                 items = answer.get("Messages", [])
                 if not items:
                     break
                 taken += len(items)
-                mine = []
+                mine, others = [], []
                 for item in items:
                     try:
                         message, _, _ = unpack_stored(item["Body"])
                     except (ValueError, KeyError, TypeError):
-                        left.append(item)
+                        others.append(item)
                         continue
                     taker = subject_matches(self.filter_subject, message.subject)
-                    (mine if taker else left).append(item)
+                    (mine if taker else others).append(item)
                 if mine:
-                    await sqs.send_message_batch(
-                        QueueUrl=self.url,
-                        Entries=[
-                            {"Id": str(n), "MessageBody": item["Body"]}
-                            for n, item in enumerate(mine)
-                        ],
-                    )
-                    await sqs.delete_message_batch(
-                        QueueUrl=unclaimed,
-                        Entries=[
-                            {"Id": str(n), "ReceiptHandle": item["ReceiptHandle"]}
-                            for n, item in enumerate(mine)
-                        ],
-                    )
+                    await self.move(mine, unclaimed, self.url)
+                if self.fifo and others:
+                    await self.move(others, unclaimed, unclaimed, again=True)
+                else:
+                    left += others
         except asyncio.CancelledError:
             raise
         except Exception:  # noqa: BLE001  (what is left waits for the next attachment)
@@ -221,6 +229,27 @@ class SqsAttachment:
                         ],
                     )
 
+    async def move(
+        self, items: list[dict[str, Any]], source: str, target: str, *, again: bool = False
+    ) -> None:
+        """Send ``items`` to ``target`` and delete them from ``source`` (sent ``again`` to the
+        queue they come from: with new deduplication ids, which it would otherwise drop)."""
+        sqs = self.transport.sqs
+        entries = []
+        for n, item in enumerate(items):
+            fields = self.fifo_fields(item)
+            if again:
+                fields["MessageDeduplicationId"] = uuid.uuid4().hex
+            entries.append({"Id": str(n), "MessageBody": item["Body"], **fields})
+        await sqs.send_message_batch(QueueUrl=target, Entries=entries)
+        await sqs.delete_message_batch(
+            QueueUrl=source,
+            Entries=[
+                {"Id": str(n), "ReceiptHandle": item["ReceiptHandle"]}
+                for n, item in enumerate(items)
+            ],
+        )
+
     async def run(self, url: str) -> None:
         """Receive from ``url`` and deliver until stopped (or attached again elsewhere)."""
         sqs = self.transport.sqs
@@ -237,7 +266,7 @@ class SqsAttachment:
                     MaxNumberOfMessages=min(10, room),
                     WaitTimeSeconds=self.transport.poll_wait,
                     VisibilityTimeout=self.visibility,
-                    MessageSystemAttributeNames=["ApproximateReceiveCount"],
+                    MessageSystemAttributeNames=SYSTEM_ATTRIBUTES,
                 )
             except asyncio.CancelledError:
                 raise
@@ -270,7 +299,7 @@ class SqsAttachment:
             delivery = SqsDelivery(self, item)
         except (ValueError, KeyError, TypeError):
             logger.warning("A message on %s is not ours; it goes to dead letters.", self.url)
-            await self.bury(item["Body"], item["ReceiptHandle"])
+            await self.bury(item)
             return
         if not subject_matches(self.filter_subject, delivery.subject):
             # What the filter policy's prefix let through (``orders.*`` takes ``orders.a.b``).
@@ -319,11 +348,27 @@ class SqsAttachment:
                 QueueUrl=url or self.url, ReceiptHandle=receipt, VisibilityTimeout=seconds
             )
 
-    async def bury(self, body: str, receipt: str) -> None:
+    async def bury(self, item: dict[str, Any]) -> None:
         """To the stream's dead-letter queue; never delivered again."""
         with contextlib.suppress(*self.transport.unavailable):
-            await self.transport.sqs.send_message(QueueUrl=self.dead_url, MessageBody=body)
-            await self.transport.sqs.delete_message(QueueUrl=self.url, ReceiptHandle=receipt)
+            await self.transport.sqs.send_message(
+                QueueUrl=self.dead_url, MessageBody=item["Body"], **self.fifo_fields(item)
+            )
+            await self.transport.sqs.delete_message(
+                QueueUrl=self.url, ReceiptHandle=item["ReceiptHandle"]
+            )
+
+    def fifo_fields(self, item: dict[str, Any]) -> dict[str, str]:
+        """A message's group and deduplication id as it moves to another FIFO queue of the
+        stream (none on a stream that is not ordered)."""
+        if not self.fifo:
+            return {}
+        attributes = item.get("Attributes", {})
+        digest = hashlib.sha256(item["Body"].encode()).hexdigest()
+        return {
+            "MessageGroupId": attributes.get("MessageGroupId") or names.group_id(self.stream),
+            "MessageDeduplicationId": attributes.get("MessageDeduplicationId") or digest,
+        }
 
     def stop(self) -> None:
         """Take no new deliveries; what still comes is handed back at once."""

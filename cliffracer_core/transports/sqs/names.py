@@ -17,7 +17,8 @@ A queue's name is ``<prefix>-<kind>-<parts>``: the deployment's prefix (letters,
 Durable streams (``streams.py``) add ``<prefix>-streams.fifo`` (their registry), and per
 stream ``u`` (its unclaimed queue), ``x`` (its dead letters) and per durable consumer ``c``:
 ``<prefix>-<kind>-<readable part>__<id>``, the id one of the registry's, new in each life of the
-stream or consumer (SQS refuses a name deleted less than 60 s ago).
+stream or consumer (SQS refuses a name deleted less than 60 s ago); an ordered stream's end in
+``.fifo`` (FIFO queues, as its topic ``<prefix>-events.fifo``).
 
 A name longer than 80 keeps the start of its parts and ends with a hash of the whole; its kind
 is then upper case (``G``, ``B``) and the group and pattern are in the queue's tags, read once.
@@ -41,6 +42,11 @@ GROUP_TAG = "cliffracer-group"
 SUBJECT_TAG = "cliffracer-subject"
 MAX_TAG = 256
 HASH = 16
+# FIFO queues' and topics' names end so; a message group or deduplication id takes 128
+# printable ASCII characters.
+FIFO = ".fifo"
+MAX_FIFO_ID = 128
+FIFO_ID = re.compile(r"[!-~]{1,128}")
 
 
 def encode(text: str) -> str:
@@ -155,14 +161,39 @@ def registry_name(prefix: str) -> str:
     return f"{prefix}-streams.fifo"
 
 
-def durable_name(prefix: str, kind: str, identifier: str, *parts: str) -> str:
+def durable_name(prefix: str, kind: str, identifier: str, *parts: str, fifo: bool = False) -> str:
     """A durable queue's name: ``kind`` (``u``, ``x``, ``c``), the stream's (and consumer's)
-    names as far as they fit, and the registry's ``identifier`` that makes it unique."""
+    names as far as they fit, and the registry's ``identifier`` that makes it unique; a FIFO
+    queue's ends in ``.fifo``, as SQS requires."""
     readable = "__".join(encode(part) for part in parts)
-    room = MAX_NAME - len(prefix) - len(kind) - len(identifier) - 4
-    return f"{prefix}-{kind}-{readable[:room]}__{identifier}"
+    suffix = FIFO if fifo else ""
+    room = MAX_NAME - len(prefix) - len(kind) - len(identifier) - 4 - len(suffix)
+    return f"{prefix}-{kind}-{readable[:room]}__{identifier}{suffix}"
 
 
 def topic_name(prefix: str) -> str:
     """The deployment's one SNS topic, which every plain publish goes to."""
     return f"{prefix}-events"
+
+
+def fifo_topic_name(prefix: str) -> str:
+    """The deployment's FIFO SNS topic, which carries the events of its ordered streams."""
+    return f"{prefix}-events{FIFO}"
+
+
+def group_id(stream: str) -> str:
+    """The FIFO message group of an ordered stream's events: the stream (one order for all its
+    subjects, as JetStream stores them), within SQS's 128 characters."""
+    if len(stream) <= MAX_FIFO_ID:
+        return stream
+    return hashlib.sha256(stream.encode()).hexdigest()
+
+
+def deduplication_id(msg_id: str, sequence: int) -> str:
+    """What SQS deduplicates an ordered stream's event by: its ``Nats-Msg-Id`` (hashed when
+    SQS would refuse it: over 128 characters, or not printable ASCII), else its sequence."""
+    if not msg_id:
+        return str(sequence)
+    if FIFO_ID.fullmatch(msg_id):
+        return msg_id
+    return hashlib.sha256(msg_id.encode()).hexdigest()

@@ -24,6 +24,13 @@ subscribed to the deployment's topic, an unclaimed and a dead-letter queue per s
   queue length limit, so ``max_msgs``, ``max_bytes`` and ``discard`` are not applied.
   Deduplication by message id is left to the consumer (``contrib.durable``'s idempotency
   records): standard queues deliver at least once.
+- An ordered stream (``ordered: true``) goes through FIFO instead: its events are published to
+  the deployment's FIFO topic (``<prefix>-events.fifo``) in one message group per stream, with
+  the event's ``Nats-Msg-Id`` as the deduplication id, and its unclaimed, dead-letter and
+  consumer queues are FIFO queues. SQS then delivers them to each consumer in publish order
+  (a message received and not yet acknowledged holds back the ones after it), and drops a
+  second publish of the same id within its five minutes. They also go to the standard topic,
+  for plain subscribers (which FIFO topics cannot feed), where no durable consumer takes them.
 """
 
 from __future__ import annotations
@@ -41,7 +48,8 @@ from botocore.exceptions import ClientError
 
 from cliffracer_core.core.errors import RemoteUnavailable
 from cliffracer_core.core.headers import MSG_ID
-from cliffracer_core.core.streams import Stream, stream_config
+from cliffracer_core.core.streams import Stream
+from cliffracer_core.core.streams import stream_config as jetstream_config
 from cliffracer_core.transports.base import ConsumerState, NoStream, StreamError, StreamState
 from cliffracer_core.transports.emulated import (
     check_declaration,
@@ -76,6 +84,43 @@ DELIVERY_LIMIT = 100
 
 def new_id() -> str:
     return uuid.uuid4().hex[:12]
+
+
+def stream_config(stream: Stream) -> dict[str, Any]:
+    """The declaration as the registry keeps it: JetStream's configuration, and ``ordered``
+    when it is set (so that registries written before it compare equal)."""
+    config = jetstream_config(stream)
+    if stream.options.get("ordered"):
+        config["ordered"] = True
+    return config
+
+
+def ordered(found: dict[str, Any]) -> bool:
+    return bool(found["config"].get("ordered"))
+
+
+def fifo_attributes(found: dict[str, Any]) -> dict[str, str]:
+    """What makes a queue of ``found``'s a FIFO queue, when the stream is ordered (a
+    deduplication id comes with every message: none made from the content)."""
+    return {"FifoQueue": "true"} if ordered(found) else {}
+
+
+def fifo_fields(name: str, msg_id: str, sequence: int) -> dict[str, str]:
+    """An ordered stream's event's message group and deduplication id."""
+    return {
+        "MessageGroupId": names.group_id(name),
+        "MessageDeduplicationId": names.deduplication_id(msg_id, sequence),
+    }
+
+
+async def fifo_topic(transport: SqsTransport) -> str:
+    """The ARN of the deployment's FIFO topic, made on first use."""
+    if not transport.fifo_topic_arn:
+        topic = await transport.sns.create_topic(
+            Name=names.fifo_topic_name(transport.prefix), Attributes={"FifoTopic": "true"}
+        )
+        transport.fifo_topic_arn = topic["TopicArn"]
+    return transport.fifo_topic_arn
 
 
 def retention(config: dict[str, Any]) -> str:
@@ -214,17 +259,18 @@ class Registry:
 
 
 def unclaimed_name(transport: SqsTransport, name: str, found: dict[str, Any]) -> str:
-    return names.durable_name(transport.prefix, "u", found["id"], name)
+    return names.durable_name(transport.prefix, "u", found["id"], name, fifo=ordered(found))
 
 
 def dead_name(transport: SqsTransport, name: str, found: dict[str, Any]) -> str:
-    return names.durable_name(transport.prefix, "x", found["id"], name)
+    return names.durable_name(transport.prefix, "x", found["id"], name, fifo=ordered(found))
 
 
 def consumer_name(
     transport: SqsTransport, stream: str, consumer: str, entry: dict[str, Any]
 ) -> str:
-    return names.durable_name(transport.prefix, "c", entry["id"], stream, consumer)
+    fifo = bool(entry.get("fifo"))
+    return names.durable_name(transport.prefix, "c", entry["id"], stream, consumer, fifo=fifo)
 
 
 async def queue_url(transport: SqsTransport, name: str) -> str | None:
@@ -290,6 +336,12 @@ async def ensure_stream(transport: SqsTransport, stream: Stream) -> str:
         if old is not None:
             if old["config"] == wanted:
                 return "unchanged"
+            if ordered(old) != bool(wanted.get("ordered")):
+                raise StreamError(
+                    f"Stream {stream.name} (declared in {stream.declared_by}): 'ordered' cannot "
+                    "change on SNS/SQS (a queue is FIFO or not for life); delete the stream "
+                    "and declare it again."
+                )
             old["config"] = wanted
             await update_retention(transport, stream.name, old)
             return "updated"
@@ -300,9 +352,10 @@ async def ensure_stream(transport: SqsTransport, stream: Stream) -> str:
             "consumers": {},
         }
         tags = {"cliffracer-kind": "stream", "cliffracer-stream": stream.name}
-        keep = {"MessageRetentionPeriod": retention(wanted)}
+        fifo = fifo_attributes(found)
+        keep = {"MessageRetentionPeriod": retention(wanted), **fifo}
         await create_queue(transport, unclaimed_name(transport, stream.name, found), keep, tags)
-        dead = {"MessageRetentionPeriod": str(MAX_RETENTION)}
+        dead = {"MessageRetentionPeriod": str(MAX_RETENTION), **fifo}
         await create_queue(transport, dead_name(transport, stream.name, found), dead, tags)
         streams[stream.name] = found
         return "created"
@@ -328,7 +381,8 @@ async def compare_stream(transport: SqsTransport, stream: Stream) -> list[str] |
     existing = (await transport.registry.read()).get(stream.name)
     if existing is None:
         return None
-    return sorted(key for key in wanted if existing["config"].get(key) != wanted[key])
+    keys = set(wanted) | set(existing["config"])
+    return sorted(key for key in keys if existing["config"].get(key) != wanted.get(key))
 
 
 async def stream_state(transport: SqsTransport, name: str) -> StreamState | None:
@@ -364,6 +418,7 @@ async def publish_durable(
             type="publish_refused",
             subject=subject,
         )
+    fifo = fifo_fields(name, msg_id, sequence) if ordered(found) else {}
     claimed = any(
         subject_matches(entry["filter"], subject) for entry in found["consumers"].values()
     )
@@ -372,15 +427,22 @@ async def publish_durable(
         if url is None:  # deleted meanwhile: read the registry again next time
             transport.registry.cached = None
             raise NoStream(subject)
-        await transport.sqs.send_message(QueueUrl=url, MessageBody=body)
-    # To every consumer that takes it, and to plain subscribers, in one call.
+        await transport.sqs.send_message(QueueUrl=url, MessageBody=body, **fifo)
+    attributes = {
+        "subject": {"DataType": "String", "StringValue": subject},
+        "stream": {"DataType": "String", "StringValue": name},
+    }
+    if fifo:
+        # To its consumers in order, once per deduplication id.
+        await transport.sns.publish(
+            TopicArn=await fifo_topic(transport),
+            Message=body,
+            MessageAttributes=attributes,
+            **fifo,
+        )
+    # To every consumer that takes it (of a stream not ordered), and to plain subscribers.
     await transport.sns.publish(
-        TopicArn=transport.topic_arn,
-        Message=body,
-        MessageAttributes={
-            "subject": {"DataType": "String", "StringValue": subject},
-            "stream": {"DataType": "String", "StringValue": name},
-        },
+        TopicArn=transport.topic_arn, Message=body, MessageAttributes=attributes
     )
     return sequence
 
@@ -398,7 +460,10 @@ async def add_consumer(
     transport: SqsTransport, stream: str, found: dict[str, Any], consumer: str, filter_subject: str
 ) -> dict[str, Any]:
     """The consumer's queue (dead-lettering into the stream's), subscribed to the topic."""
-    entry = {"filter": filter_subject, "id": new_id(), "subscription": ""}
+    entry: dict[str, Any] = {"filter": filter_subject, "id": new_id(), "subscription": ""}
+    if ordered(found):
+        entry["fifo"] = True
+    topic = await fifo_topic(transport) if ordered(found) else transport.topic_arn
     dead_url = await queue_url(transport, dead_name(transport, stream, found))
     if dead_url is None:
         raise NoStream(f"Stream {stream} has no dead-letter queue (deleted meanwhile).")
@@ -408,7 +473,8 @@ async def add_consumer(
     attributes = {
         "MessageRetentionPeriod": retention(found["config"]),
         "VisibilityTimeout": "30",
-        "Policy": transport.topic_policy(),
+        "Policy": transport.topic_policy(topic),
+        **fifo_attributes(found),
         "RedrivePolicy": json.dumps(
             {"deadLetterTargetArn": dead_arn, "maxReceiveCount": DELIVERY_LIMIT}
         ),
@@ -425,7 +491,7 @@ async def add_consumer(
         "Attributes"
     ]["QueueArn"]
     subscribed = await transport.sns.subscribe(
-        TopicArn=transport.topic_arn,
+        TopicArn=topic,
         Protocol="sqs",
         Endpoint=arn,
         Attributes={

@@ -95,6 +95,7 @@ async def sweep(transport: SqsTransport) -> list[str]:
         if not page.get("NextToken"):
             break
         listing["NextToken"] = page["NextToken"]
+    transport.queues_changed()
     for url in stale:
         with contextlib.suppress(ClientError):
             await transport.sqs.delete_queue(QueueUrl=url)

@@ -17,8 +17,11 @@ the URL. How messages travel (``names.py`` says what things are called):
   the tokens before its first wildcard as a prefix) and raw delivery. ``*`` and ``>`` beyond
   what a filter policy says are checked again here with the NATS matcher.
 - A request (and a publish with a reply subject) is sent straight to the queues whose pattern
-  matches its subject, found by listing the deployment's queues: each group once, each
-  subscription without a group once, as on NATS. No queue: ``NoResponders`` at once. A group's
+  matches its subject, found in the connection's list of the deployment's queues: each group
+  once, each subscription without a group once, as on NATS. The list is read again after
+  ``queue_list_ttl`` seconds, when this connection makes or deletes a queue, and at once when
+  it finds no queue for a subject or only queues deleted meanwhile (a service that just
+  started is never missed). No queue: ``NoResponders`` at once. A group's
   queue outlives its members (another host may still consume it, and SQS refuses a queue
   created again within 60 s of its deletion), so a request to a service that stopped times out
   instead; it carries its caller's deadline and is dropped unanswered once that has passed.
@@ -29,7 +32,8 @@ the URL. How messages travel (``names.py`` says what things are called):
   those of connections that stopped refreshing (crashed processes) and their subscriptions.
 
 Durable streams (``streams.py``, ``consumer.py``): a queue per durable consumer subscribed to
-the topic, an unclaimed and a dead-letter queue per stream, their registry in a FIFO queue.
+the topic, an unclaimed and a dead-letter queue per stream, their registry in a FIFO queue; an
+ordered stream's through a FIFO topic and FIFO queues.
 """
 
 from __future__ import annotations
@@ -85,6 +89,11 @@ INBOX = "_INBOX."
 POLL_WAIT = 5
 # The HTTP connections a transport may hold: one per queue it long-polls, and its sends.
 MAX_CONNECTIONS = 256
+# Seconds a connection trusts its list of the deployment's queues (``ListQueues``, most of a
+# request's cost) before listing them again. A request that finds no queue for its subject, or
+# only deleted ones, lists them again at once; a queue another process made is missed for at
+# most this long only by a subject that another queue already matches (discovery's $SRV.*).
+QUEUE_LIST_TTL = 2.0
 # Seconds SQS keeps a message nobody received (its least), and hides one received whose
 # deletion was lost, before another member of the group gets it.
 RETENTION = 60
@@ -236,6 +245,7 @@ class SqsTransport(Transport):
         self.max_connections = int(self.options.pop("max_connections", MAX_CONNECTIONS))
         self.heartbeat = float(self.options.pop("heartbeat", HEARTBEAT))
         self.stale_after = float(self.options.pop("stale_after", STALE_AFTER))
+        self.queue_list_ttl = float(self.options.pop("queue_list_ttl", QUEUE_LIST_TTL))
         self._beating: asyncio.Task[None] | None = None
         # Taken for the tools that pass them to any transport: HTTP calls need no reconnection
         # (botocore retries a failed call).
@@ -249,6 +259,8 @@ class SqsTransport(Transport):
         self.sqs: Any = None
         self.sns: Any = None
         self.topic_arn = ""
+        # The FIFO topic of ordered streams (streams.py), made on first use.
+        self.fifo_topic_arn = ""
         self._connected = False
         self._closed = False
         self._inlets: dict[names.QueueName, Inlet] = {}
@@ -261,6 +273,12 @@ class SqsTransport(Transport):
         # Reply queues of other connections by client id, and what hashed names stand for.
         self._reply_urls: dict[str, str | None] = {}
         self._hashed: dict[str, names.QueueName | None] = {}
+        # The deployment's queues as last listed (when, what), the listing under way that
+        # callers share, and a count of this connection's changes to the queues (a listing
+        # that began before one is not kept).
+        self._listed: tuple[float, list[tuple[str, names.QueueName]]] | None = None
+        self._listing: asyncio.Task[list[tuple[str, names.QueueName]]] | None = None
+        self._queue_changes = 0
         # Deletions of received messages under way, and pollers of groups left here ending
         # their last receive (awaited before the clients close).
         self._settling: set[asyncio.Task[None]] = set()
@@ -408,9 +426,9 @@ class SqsTransport(Transport):
         self._leaving.add(task)
         task.add_done_callback(self._leaving.discard)
 
-    def topic_policy(self) -> str:
-        """Who may send to a subscribed queue: the deployment's topic (AWS checks it; moto
-        does not)."""
+    def topic_policy(self, topic_arn: str = "") -> str:
+        """Who may send to a subscribed queue: the deployment's topic, or ``topic_arn`` (AWS
+        checks it; moto does not)."""
         return json.dumps(
             {
                 "Version": "2012-10-17",
@@ -420,7 +438,7 @@ class SqsTransport(Transport):
                         "Principal": {"Service": "sns.amazonaws.com"},
                         "Action": "sqs:SendMessage",
                         "Resource": "*",
-                        "Condition": {"ArnEquals": {"aws:SourceArn": self.topic_arn}},
+                        "Condition": {"ArnEquals": {"aws:SourceArn": topic_arn or self.topic_arn}},
                     }
                 ],
             }
@@ -460,6 +478,7 @@ class SqsTransport(Transport):
             url = (await self.sqs.get_queue_url(QueueName=name))["QueueUrl"]
         if queue.kind == "r":
             return url, ""
+        self.queues_changed()
         arn = (await self.sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["QueueArn"]))[
             "Attributes"
         ]["QueueArn"]
@@ -477,6 +496,7 @@ class SqsTransport(Transport):
         return url, subscribed["SubscriptionArn"]
 
     async def _delete(self, inlet: Inlet) -> None:
+        self.queues_changed()
         with contextlib.suppress(*UNAVAILABLE):
             if inlet.subscription_arn:
                 await self.sns.unsubscribe(SubscriptionArn=inlet.subscription_arn)
@@ -497,8 +517,38 @@ class SqsTransport(Transport):
             inlet.task = asyncio.get_running_loop().create_task(self._poll(inlet))
             self._reply = inlet
 
-    async def _queues(self) -> list[tuple[str, names.QueueName]]:
-        """The deployment's queues that subscriptions consume, and what each is for."""
+    def queues_changed(self) -> None:
+        """This connection made or deleted a queue: its list of them is read again."""
+        self._queue_changes += 1
+        self._listed = None
+
+    async def _queues(
+        self, *, fresh: bool = False
+    ) -> tuple[list[tuple[str, names.QueueName]], bool]:
+        """The deployment's queues that subscriptions consume, and what each is for, as
+        listed at most ``queue_list_ttl`` ago (or now, when ``fresh``); and whether this
+        call listed them (a listing under way that it joined may have begun before a queue
+        it must see was made)."""
+        listed = self._listed
+        if not fresh and listed is not None and time.monotonic() - listed[0] < self.queue_list_ttl:
+            return listed[1], False
+        if not fresh and self._listing is not None:
+            # Shared by the calls that come meanwhile; one caller cancelled stops nobody's.
+            return await asyncio.shield(self._listing), False
+        task = asyncio.get_running_loop().create_task(self._list_queues())
+        task.add_done_callback(self._listed_now)
+        if not fresh:
+            self._listing = task
+        return await asyncio.shield(task), True
+
+    def _listed_now(self, task: asyncio.Task[Any]) -> None:
+        if self._listing is task:
+            self._listing = None
+        if not task.cancelled():
+            task.exception()  # retrieved: the callers that awaited it got it
+
+    async def _list_queues(self) -> list[tuple[str, names.QueueName]]:
+        changes, started = self._queue_changes, time.monotonic()
         found: list[tuple[str, names.QueueName]] = []
         arguments: dict[str, Any] = {"QueueNamePrefix": f"{self.prefix}-", "MaxResults": 1000}
         while True:
@@ -511,8 +561,11 @@ class SqsTransport(Transport):
                 if queue is not None and queue.kind != "r":
                     found.append((url, queue))
             if not page.get("NextToken"):
-                return found
+                break
             arguments["NextToken"] = page["NextToken"]
+        if changes == self._queue_changes:  # else a queue made meanwhile may be missing
+            self._listed = (started, found)
+        return found
 
     async def _hashed_queue(self, name: str, url: str) -> names.QueueName | None:
         """What a queue with a hashed name is for, from its tags (read once: a name stands
@@ -527,12 +580,20 @@ class SqsTransport(Transport):
             self._hashed[name] = names.from_tags(name, self.prefix, tags)
         return self._hashed[name]
 
-    async def _targets(self, subject: str) -> list[str]:
-        """The queues a message on ``subject`` goes to: each matching group's once, each
-        matching subscription's without a group once."""
-        return [
-            url for url, queue in await self._queues() if subject_matches(queue.pattern, subject)
-        ]
+    async def _deliver(self, subject: str, body: str, *, fresh: bool = False) -> int:
+        """Send ``body`` to the queues a message on ``subject`` goes to (each matching
+        group's once, each matching subscription's without a group once); how many took it.
+        The queues as last listed first (unless ``fresh``); when none matches, or every one
+        that does was deleted meanwhile, as listed again now."""
+        for listing_fresh in (fresh, True):
+            queues, listed_now = await self._queues(fresh=listing_fresh)
+            targets = [url for url, queue in queues if subject_matches(queue.pattern, subject)]
+            sent = await self._send(targets, body, subject) if targets else 0
+            if sent < len(targets):
+                self.queues_changed()  # some were deleted: the list is stale
+            if sent or listed_now:
+                return sent
+        return 0
 
     async def _reply_url(self, subject: str) -> str | None:
         """The reply queue of the connection that made the inbox ``subject`` (None if gone)."""
@@ -655,16 +716,20 @@ class SqsTransport(Transport):
             raise too_large(subject)
         return body
 
-    async def _send(self, urls: list[str], body: str, subject: str) -> None:
-        async def send(url: str) -> None:
+    async def _send(self, urls: list[str], body: str, subject: str) -> int:
+        """Send ``body`` to each queue of ``urls``; how many were still there."""
+
+        async def send(url: str) -> bool:
             try:
                 await self.sqs.send_message(QueueUrl=url, MessageBody=body)
             except ClientError as error:
                 if not _missing(error):  # a queue deleted meanwhile: as if it never was
                     raise
+                return False
+            return True
 
         try:
-            await asyncio.gather(*(send(url) for url in urls))
+            return sum(await asyncio.gather(*(send(url) for url in urls)))
         except UNAVAILABLE as error:
             raise _unavailable(subject, error) from None
 
@@ -687,10 +752,7 @@ class SqsTransport(Transport):
                     await self._send([url], body, subject)
                 return
             if reply:
-                targets = await self._targets(subject)
-                if targets:
-                    await self._send(targets, body, subject)
-                else:
+                if not await self._deliver(subject, body):
                     status = {"Status": "503", "Nats-Subject": subject}
                     await self.publish(reply, b"", headers=status)
                 return
@@ -724,16 +786,15 @@ class SqsTransport(Transport):
         self._requests[inbox] = reply
         try:
             try:
-                targets = await self._targets(subject)
+                sent = await self._deliver(subject, body)
             except UNAVAILABLE as error:
                 raise _unavailable(subject, error) from None
-            if not targets:
+            if not sent:
                 raise NoResponders(
                     f"No service is listening on {subject} (no SQS queue matches it).",
                     type="no_responders",
                     subject=subject,
                 )
-            await self._send(targets, body, subject)
             async with asyncio.timeout(max(0.0, timeout - (time.monotonic() - started))):
                 return await reply
         except TimeoutError:
@@ -765,12 +826,10 @@ class SqsTransport(Transport):
         async def send(inbox: str) -> int:
             body = self._body(subject, data, headers, inbox, expires)
             try:
-                targets = await self._targets(subject)
+                # Listed now: discovery must see an instance that started a moment ago.
+                return await self._deliver(subject, body, fresh=True)
             except UNAVAILABLE as error:
                 raise _unavailable(subject, error) from None
-            if targets:
-                await self._send(targets, body, subject)
-            return len(targets)
 
         return await self.replies_on_inbox(send, deadline=deadline, stall=stall, limit=limit)
 
