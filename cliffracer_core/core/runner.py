@@ -551,7 +551,10 @@ class ServiceRunner:
             caller = self.authorize(rpc, values.get(AUTHORIZATION))
             if caller is not None:
                 await self.require_active(caller)
-            current_caller.set(caller)
+            if caller is not None or current_caller.get() is not None:
+                # A request's task starts from the subscription's context, where no caller is
+                # set: an anonymous call needs no set (0.15 µs of every plain request).
+                current_caller.set(caller)
             data = message.data
             if len(data) > self.max_request_bytes:
                 raise RequestTooLarge(
@@ -915,7 +918,13 @@ def enter_message(message: Msg) -> tuple[dict[str, str], str | None]:
     when it brought none or one not fit to log) and its subject. Returns the headers and the
     id the sender chose."""
     received = message.headers
-    values = {name: received[name] for name in PROPAGATED if name in received} if received else {}
+    if not received:
+        # A plain NATS client's request: nothing to carry or to check.
+        values = {CORRELATION_ID: new_correlation_id()}
+        current_headers.set(values)
+        current_subject.set(message.subject)
+        return values, None
+    values = {name: received[name] for name in PROPAGATED if name in received}
     sent_correlation_id = values.get(CORRELATION_ID)
     if sent_correlation_id is not None and not accepted_id(sent_correlation_id):
         sent_correlation_id = None
