@@ -30,9 +30,10 @@ from cliffracer_core.core.errors import (
     RemoteUnavailable,
 )
 from cliffracer_core.core.log import ContextFilter
+from cliffracer_core.core.runner import REQUESTS_PER_TURN
 from cliffracer_core.testing import wait_for
 from cliffracer_core.testing.plugin import project_root, run_async
-from cliffracer_core.transports.base import Features
+from cliffracer_core.transports.base import Features, Received
 from cliffracer_core.transports.memory import MemoryTransport
 from tests.models import Add, Item, Tagged, Total, Wait
 
@@ -115,6 +116,42 @@ async def raw_request(url: str, subject: str, body: bytes, headers=None):
         return await client.request(subject, body, timeout=5, headers=headers)
     finally:
         await client.close()
+
+
+def test_a_burst_of_requests_gives_the_event_loop_a_turn_every_few_requests(
+    start_service, unique_name
+):
+    """Handlers that never suspend run back to back as a burst of requests comes in; every
+    REQUESTS_PER_TURN of them the request subscription lets the loop run (replies so far go
+    out, other work runs) rather than only once the whole burst is handled."""
+    running = start_service(make_service(unique_name))
+    runner = running.runner
+    counters = runner.counters["add"]
+    burst = 3 * REQUESTS_PER_TURN
+
+    async def handle_a_burst() -> list[int]:
+        before = counters.num_requests
+        turns: list[int] = []
+        loop = asyncio.get_running_loop()
+
+        def other_work() -> None:
+            # Runs when the loop gets a turn: note how far the burst had come, and wait again.
+            turns.append(counters.num_requests - before)
+            if len(turns) < 10:
+                loop.call_soon(other_work)
+
+        loop.call_soon(other_work)
+        for _ in range(burst):
+            # A request nobody waits a reply for, handed over as the subscription hands it.
+            await runner.on_request(Received(f"rpc.{unique_name}.add", b'{"a": 1, "b": 2}'))
+        return turns
+
+    turns = running.run(handle_a_burst())
+    assert counters.num_requests >= burst
+    # The loop ran other work before the burst was over, and at least once per REQUESTS_PER_TURN.
+    during = [handled for handled in turns if handled < burst]
+    assert len(during) >= 2, turns
+    assert all(0 <= handled <= burst for handled in turns), turns
 
 
 def test_reply_is_the_plain_json_of_the_reply_model(nats_server, calculator):
