@@ -81,10 +81,11 @@ DATABASE_SWEEP_INTERVAL = 5.0
 # run one after another without a pause: without a turn, no reply is sent and nothing else (the
 # read loop, timers, heartbeats) runs until the whole burst is handled. With one, the replies so
 # far go out at once, so that on another CPU their callers send the next requests while this
-# burst is still being handled (benchmarks/README.md: a plain caller at c=50 got 0.83 of a raw
-# nats-py responder's throughput without it, 0.99 with it; every 16 costs more CPU in the
-# service and the server than it gains).
-REQUESTS_PER_TURN = 32
+# burst is still being handled. benchmarks/README.md: a plain caller at c=50 got 0.80-0.85 of a
+# raw nats-py responder's throughput without turns, 0.97-0.99 with one every 32 or 64 requests;
+# each turn sends a smaller batch, which costs the server CPU (per request: 6 µs without, 8 at
+# 64, 10 at 32, 12 at 16, where throughput fell back to 0.90).
+REQUESTS_PER_TURN = 64
 
 
 class ServiceRunner:
