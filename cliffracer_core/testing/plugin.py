@@ -63,6 +63,22 @@ def _reload_settings() -> None:
     cliffracer_settings.reload()
 
 
+@pytest.fixture(autouse=True)
+def sync_transport_follows_the_configuration() -> Iterator[None]:
+    """After each test, the sync client's connection is to the configured transport: a test
+    that pointed this process at another (monkeypatching ``CLIFFRACER_TRANSPORT_URL``) and then
+    called, or served a console page, leaves no connection to it behind for the tests after.
+    Autouse, so it ends after ``monkeypatch`` has put the environment back."""
+    yield
+    from cliffracer_core.core.client import background_loop, close_sync_transport
+    from cliffracer_core.transports import configured, shared_transport
+
+    loop = background_loop.loop
+    transport = shared_transport(loop) if loop is not None else None
+    if transport is not None and transport.location != configured()[1]:
+        close_sync_transport()
+
+
 @pytest.fixture
 def memory_transport(monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
     """Run the test on an in-memory broker of its own (``memory://...``), no nats-server.

@@ -37,6 +37,7 @@ __all__ = [
     "persistent_transport",
     "redact",
     "set_transport",
+    "shared_transport",
 ]
 
 # The backend of each URL scheme.
@@ -180,6 +181,11 @@ async def persistent_transport(role: str = "web") -> Transport:
 def set_transport(transport: Transport, loop: asyncio.AbstractEventLoop | None = None) -> None:
     """Make ``transport`` the shared one of ``loop`` (a service shares its own)."""
     _transports[loop or asyncio.get_running_loop()] = transport
+
+
+def shared_transport(loop: asyncio.AbstractEventLoop) -> Transport | None:
+    """The shared connection of ``loop``, if it has one (without connecting)."""
+    return _transports.get(loop)
 
 
 def forget_transport(loop: asyncio.AbstractEventLoop | None = None) -> None:
