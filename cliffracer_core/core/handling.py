@@ -111,8 +111,7 @@ class Handling:
         if task.done():
             # Finished already: its slot is free now, without the done callback's trip
             # through the event loop (1.5 µs of a request that never suspends).
-            self.current.pop(task, None)
-            self.slots.release()  # type: ignore[union-attr]
+            self._done(task)
             return task
         self.in_flight.add(task)
         task.add_done_callback(self._done)
